@@ -1,0 +1,123 @@
+"""The backend contract: what every way of running a model server must offer.
+
+Backends are mechanism, not policy: they launch, probe, tail and stop one
+workload. Retries, deadlines and eviction live in ``controller``. This module
+imports nothing outside the standard library.
+
+Error tree::
+
+    BackendError
+    ├── BackendStartError    could not launch (bad command, missing image)
+    └── BackendUnavailable   the engine itself is unreachable
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping
+
+
+class BackendError(Exception):
+    """Root of every error a backend raises."""
+
+
+class BackendStartError(BackendError):
+    """The workload could not be launched; the message says why."""
+
+
+class BackendUnavailable(BackendError):
+    """The backend's infrastructure (a container engine) cannot be reached."""
+
+
+class Health(enum.Enum):
+    STARTING = "starting"  # alive, the check endpoint does not answer 200 yet
+    READY = "ready"  # the check endpoint answered 200 (or no check is configured)
+    EXITED = "exited"  # the process or container is gone
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchSpec:
+    """Everything a backend needs to launch one model server.
+
+    ``cmd_stop`` may hold the literal ``${PID}``; the backend replaces it with the
+    workload's pid when it stops it.
+    """
+
+    argv: tuple[str, ...]
+    base_url: str
+    check_endpoint: str | None = "/health"  # None: ready as soon as launched
+    env: Mapping[str, str] = field(default_factory=dict)
+    cmd_stop: tuple[str, ...] = ()
+    probe_timeout_s: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Handle:
+    """A launched workload. ``ref`` is the pid or container id."""
+
+    model: str
+    kind: str
+    ref: str
+    base_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExitInfo:
+    code: int | None  # None when unknown (never observed the exit)
+    forced: bool  # True when the grace period ran out and the workload was killed
+
+    def describe(self) -> str:
+        if self.code is None:
+            return "exit status unknown"
+        if self.code < 0:
+            return f"killed by signal {-self.code}"
+        return f"exit code {self.code}"
+
+
+class Backend(Protocol):
+    """One way of running model servers (native process, container engine, mock).
+
+    Calls for one handle are never concurrent: ``controller.upstream.Upstream``
+    serialises them. No method blocks the event loop.
+    """
+
+    kind: ClassVar[str]
+
+    async def start(self, model: str, spec: LaunchSpec) -> Handle:
+        """Launch the workload and return once it exists (not once it is ready).
+
+        Raises BackendStartError when it cannot be launched. If cancelled after
+        launching, kills what it launched before re-raising.
+        """
+        ...
+
+    async def health(self, handle: Handle, spec: LaunchSpec) -> Health:
+        """One cheap probe, bounded by ``spec.probe_timeout_s``.
+
+        Never raises because of the workload's own condition: a dead workload is
+        EXITED, a slow or failing one STARTING. Raises BackendUnavailable only if
+        the backend's infrastructure is unreachable.
+        """
+        ...
+
+    async def stop(self, handle: Handle, spec: LaunchSpec, *, grace: float) -> ExitInfo:
+        """Stop gracefully, kill after ``grace`` seconds, wait, clean up.
+
+        Idempotent: stopping an exited workload just reports how it ended.
+        """
+        ...
+
+    def logs(self, handle: Handle) -> AsyncIterator[bytes]:
+        """Yield the workload's output line by line from launch to exit.
+
+        Exactly one consumer reads it (the Upstream's log pump).
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release clients and sessions. Does not stop workloads."""
+        ...

@@ -1,0 +1,173 @@
+"""Native backend: each model server is a child process in its own process group.
+
+Stop escalates as llama-swap and Supervisor do: ``cmdStop`` (with ``${PID}``) or
+SIGTERM to the whole group, then SIGKILL to the group after the grace period.
+Children die with swapvisor even when it is SIGKILLed, through the kernel's
+parent-death signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from backends.base import (
+    BackendStartError,
+    ExitInfo,
+    Handle,
+    Health,
+    LaunchSpec,
+)
+from backends.probe import HttpProbe, join_url
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from backends.base import Backend
+
+_PR_SET_PDEATHSIG = 1
+_libc: ctypes.CDLL | None
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - non-glibc platforms
+    _libc = None
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Runs in the child between fork and exec: SIGKILL me when swapvisor dies."""
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    # The parent may have died before prctl took effect; then nobody would ever
+    # deliver the signal.
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+@dataclass(slots=True)
+class _Child:
+    proc: asyncio.subprocess.Process
+    exit: ExitInfo | None = None
+
+
+class NativeBackend:
+    """Runs ``spec.argv`` directly (no shell), stdout and stderr merged."""
+
+    kind: ClassVar[str] = "native"
+
+    def __init__(self) -> None:
+        self._children: dict[str, _Child] = {}
+        self._probe = HttpProbe()
+
+    async def start(self, model: str, spec: LaunchSpec) -> Handle:
+        if not spec.argv:
+            raise BackendStartError("empty command")
+        parent = os.getpid()
+        env = {**os.environ, **spec.env}
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *spec.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+                process_group=0,
+                preexec_fn=lambda: _die_with_parent(parent),
+            )
+        except OSError as exc:
+            raise BackendStartError(
+                f"failed to start command {list(spec.argv)!r}: {exc.strerror or exc}"
+            ) from exc
+        self._children[str(proc.pid)] = _Child(proc)
+        return Handle(
+            model=model, kind=self.kind, ref=str(proc.pid), base_url=spec.base_url
+        )
+
+    async def health(self, handle: Handle, spec: LaunchSpec) -> Health:
+        child = self._children.get(handle.ref)
+        if child is None or not _alive(child.proc):
+            return Health.EXITED
+        if spec.check_endpoint is None:
+            return Health.READY
+        url = join_url(handle.base_url, spec.check_endpoint)
+        if await self._probe.ok(url, spec.probe_timeout_s):
+            return Health.READY
+        # The server may have died while we waited on the probe.
+        return Health.STARTING if _alive(child.proc) else Health.EXITED
+
+    async def stop(self, handle: Handle, spec: LaunchSpec, *, grace: float) -> ExitInfo:
+        child = self._children.get(handle.ref)
+        if child is None:
+            return ExitInfo(code=None, forced=False)
+        if child.exit is None:
+            child.exit = await self._terminate(child.proc, spec, grace)
+        # The group may hold grandchildren that outlived the leader.
+        _signal_group(child.proc.pid, signal.SIGKILL)
+        del self._children[handle.ref]
+        return child.exit
+
+    async def _terminate(
+        self, proc: asyncio.subprocess.Process, spec: LaunchSpec, grace: float
+    ) -> ExitInfo:
+        if proc.returncode is not None:
+            return ExitInfo(code=proc.returncode, forced=False)
+        if spec.cmd_stop:
+            await self._run_cmd_stop(proc.pid, spec)
+        else:
+            _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            code = await asyncio.wait_for(proc.wait(), timeout=max(grace, 0.0))
+            return ExitInfo(code=code, forced=False)
+        except TimeoutError:
+            _signal_group(proc.pid, signal.SIGKILL)
+            return ExitInfo(code=await proc.wait(), forced=True)
+
+    async def _run_cmd_stop(self, pid: int, spec: LaunchSpec) -> None:
+        argv = [arg.replace("${PID}", str(pid)) for arg in spec.cmd_stop]
+        try:
+            stopper = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+                env={**os.environ, **spec.env},
+            )
+        except OSError:
+            # As llama-swap: a cmdStop that cannot run falls back to SIGTERM.
+            _signal_group(pid, signal.SIGTERM)
+            return
+        await stopper.wait()
+
+    async def logs(self, handle: Handle) -> AsyncIterator[bytes]:
+        child = self._children.get(handle.ref)
+        if child is None or child.proc.stdout is None:
+            return
+        reader = child.proc.stdout
+        while True:
+            try:
+                line = await reader.readline()
+            except ValueError:  # a line longer than the reader's limit
+                line = await reader.read(65536)
+            if not line:
+                return
+            yield line
+
+    async def aclose(self) -> None:
+        await self._probe.aclose()
+
+
+def _alive(proc: asyncio.subprocess.Process) -> bool:
+    return proc.returncode is None
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+if TYPE_CHECKING:
+    _check: type[Backend] = NativeBackend

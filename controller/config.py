@@ -1,0 +1,448 @@
+"""The configuration: llama-swap's ``config.yaml`` as typed pydantic models.
+
+``load_config`` does four things: read and ``${env.X}``-expand the text, parse
+YAML, expand macros (``controller.macros``), validate. Every error names the
+YAML path. Keys swapvisor does not know, or does not implement yet, are
+reported as warnings that name each one, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from backends.base import LaunchSpec
+from controller.errors import ConfigError
+from controller.macros import (
+    expand_env,
+    leftover_macros,
+    strip_cmd_comments,
+    substitute,
+    validate_macros,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+log = logging.getLogger("swapvisor.config")
+
+DEFAULT_CONCURRENCY_LIMIT = 10
+MIN_HEALTH_CHECK_TIMEOUT = 15
+# llama-swap's default is http://localhost:${PORT}; 127.0.0.1 avoids a wasted
+# IPv6 connect attempt per request when the server binds IPv4 only.
+DEFAULT_PROXY = "http://127.0.0.1:${PORT}"
+
+# llama-swap keys that later swapvisor work implements; accepted with a warning
+# that says they are not applied yet (rather than an "unknown key" warning).
+NOT_YET_MODEL_KEYS = frozenset(
+    {"sendLoadingState", "filters", "metadata", "timeouts", "compat", "capabilities"}
+)
+NOT_YET_TOP_KEYS = frozenset(
+    {
+        "logTimeFormat",
+        "logToStdout",
+        "logRequests",
+        "metricsMaxInMemory",
+        "captureBuffer",
+        "store",
+        "ui",
+        "performance",
+        "sendLoadingState",
+        "includeAliasesInList",
+        "peers",
+        "upstream",
+        "profiles",
+        "selectors",
+        "hooks",
+        "routing",
+        "groups",
+        "matrix",
+    }
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+        populate_by_name=True,
+        alias_generator=to_camel,
+        frozen=True,
+    )
+
+
+class ModelConfig(_Section):
+    """``models.<id>`` (llama-swap.md §1.3)."""
+
+    cmd: str = ""
+    cmd_stop: str = ""
+    proxy: str = DEFAULT_PROXY
+    check_endpoint: str = "/health"
+    ttl: int = -1
+    unload_timeout: int = 0
+    env: list[str] = Field(default_factory=list)
+    aliases: list[str] = Field(default_factory=list)
+    use_model_name: str = ""
+    name: str = ""
+    description: str = ""
+    unlisted: bool = False
+    concurrency_limit: int = 0
+    macros: dict[str, Any] = Field(default_factory=dict)
+    # swapvisor extension: a per-model start deadline in seconds, with no 15 s
+    # floor, so a small model that hangs fails fast.
+    health_check_timeout: float | None = None
+
+    @field_validator("ttl")
+    @classmethod
+    def _ttl(cls, v: int) -> int:
+        if v < -1:
+            raise ValueError(
+                f"invalid TTL value {v} (use -1 for globalTTL, 0 for never)"
+            )
+        return v
+
+    @field_validator("unload_timeout", "concurrency_limit")
+    @classmethod
+    def _non_negative(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError(f"must be >= 0, got {v}")
+        return v
+
+    @field_validator("health_check_timeout")
+    @classmethod
+    def _positive(cls, v: float | None) -> float | None:
+        if v is not None and v <= 0:
+            raise ValueError(f"must be > 0, got {v}")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: list[str]) -> list[str]:
+        for i, item in enumerate(v):
+            if "=" not in item or not item.split("=", 1)[0]:
+                raise ValueError(f"env[{i}] {item!r} must look like NAME=value")
+        return v
+
+    @field_validator("cmd", "cmd_stop")
+    @classmethod
+    def _splittable(cls, v: str) -> str:
+        split_command(v)  # raises ValueError naming the problem
+        return v
+
+    def argv(self) -> tuple[str, ...]:
+        return split_command(self.cmd)
+
+    def env_map(self) -> dict[str, str]:
+        return dict(item.split("=", 1) for item in self.env)
+
+
+class Config(_Section):
+    """The whole file (llama-swap.md §1.2)."""
+
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    health_check_timeout: int = 120
+    start_port: int = 5800
+    global_ttl: int = Field(0, validation_alias=AliasChoices("globalTTL", "global_ttl"))
+    unload_timeout: int = 10
+    log_level: str = "info"
+    macros: dict[str, Any] = Field(default_factory=dict)
+    api_keys: list[str] = Field(default_factory=list)
+
+    @field_validator("global_ttl")
+    @classmethod
+    def _global_ttl(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("must be >= 0")
+        return v
+
+    @field_validator("unload_timeout")
+    @classmethod
+    def _unload_timeout(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("must be >= 0")
+        return v or 10
+
+    @field_validator("start_port")
+    @classmethod
+    def _start_port(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be greater than 1")
+        return v
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, v: str) -> str:
+        v = v.strip().lower()
+        return v if v in ("debug", "info", "warn", "error") else "info"
+
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys(cls, v: list[str]) -> list[str]:
+        for i, key in enumerate(v):
+            if not key:
+                raise ValueError("empty api key found in apiKeys")
+            if any(c.isspace() for c in key):
+                raise ValueError(f"apiKeys[{i}]: an api key cannot contain spaces")
+        return v
+
+    @model_validator(mode="after")
+    def _aliases_unique(self) -> Config:
+        owner: dict[str, str] = {}
+        for mid, model in sorted(self.models.items()):
+            for alias in model.aliases:
+                if alias in owner:
+                    raise ValueError(
+                        f"duplicate alias {alias} found in model: {mid} "
+                        f"(already an alias of {owner[alias]})"
+                    )
+                owner[alias] = mid
+        return self
+
+    # -- derived views -------------------------------------------------------
+
+    @property
+    def health_deadline_s(self) -> float:
+        return float(max(self.health_check_timeout, MIN_HEALTH_CHECK_TIMEOUT))
+
+    def resolve(self, name: str) -> str | None:
+        """The model id that ``name`` (an id or alias) designates, if any."""
+        if name in self.models:
+            return name
+        for mid, model in self.models.items():
+            if name in model.aliases:
+                return mid
+        return None
+
+    def ttl_s(self, model_id: str) -> float:
+        ttl = self.models[model_id].ttl
+        return float(self.global_ttl if ttl == -1 else ttl)
+
+    def unload_grace_s(self, model_id: str) -> float:
+        return float(self.models[model_id].unload_timeout or self.unload_timeout)
+
+    def start_deadline_s(self, model_id: str) -> float:
+        own = self.models[model_id].health_check_timeout
+        return own if own is not None else self.health_deadline_s
+
+    def concurrency_limit(self, model_id: str) -> int:
+        return self.models[model_id].concurrency_limit or DEFAULT_CONCURRENCY_LIMIT
+
+    def launch_spec(self, model_id: str) -> LaunchSpec:
+        m = self.models[model_id]
+        check = m.check_endpoint.strip()
+        return LaunchSpec(
+            argv=m.argv(),
+            base_url=m.proxy,
+            check_endpoint=None if check == "none" else check or "/health",
+            env=m.env_map(),
+            cmd_stop=split_command(m.cmd_stop),
+        )
+
+
+def split_command(cmd: str) -> tuple[str, ...]:
+    """Split ``cmd`` as a POSIX shell would, without running one.
+
+    Whole-line ``#`` comments are dropped and a trailing ``\\`` continues a line.
+    """
+    text = strip_cmd_comments(cmd).replace("\\\r\n", " ").replace("\\\n", " ")
+    try:
+        return tuple(shlex.split(text, posix=True))
+    except ValueError as exc:
+        raise ValueError(f"cannot split command: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    config: Config
+    warnings: tuple[str, ...]
+    path: Path | None = None
+
+
+def load_config(path: str | Path) -> LoadedConfig:
+    """Read, expand and validate a config file. Raises ConfigError."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {p}: {exc.strerror or exc}") from exc
+    loaded = parse_config(text)
+    return LoadedConfig(loaded.config, loaded.warnings, p)
+
+
+def parse_config(text: str) -> LoadedConfig:
+    """Validate config text; see ``load_config``."""
+    text = expand_env(text)
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("the config must be a mapping at the top level")
+    data = expand_config_macros(raw)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from exc
+    return LoadedConfig(config, tuple(_unknown_key_warnings(config)))
+
+
+def _describe(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {msg}{more}" if where else msg + more
+
+
+# -- macro expansion over the YAML tree ----------------------------------------
+
+_CHECKED_MODEL_FIELDS = (
+    "cmd",
+    "cmdStop",
+    "proxy",
+    "checkEndpoint",
+    "name",
+    "description",
+)
+
+
+def expand_config_macros(raw: dict[str, Any]) -> dict[str, Any]:
+    """Apply global and model macros and allocate ``${PORT}`` (llama-swap §1.1)."""
+    global_macros = validate_macros(raw.get("macros"))
+    out: dict[str, Any] = {
+        key: value if key in ("models", "macros") else substitute(value, global_macros)
+        for key, value in raw.items()
+    }
+    for key, value in out.items():
+        if key not in ("models", "macros"):
+            _check_leftovers(value, key)
+    models = raw.get("models") or {}
+    if not isinstance(models, dict):
+        raise ConfigError("models: must be a mapping of model id to settings")
+    next_port = _start_port(out.get("startPort", 5800))
+    expanded: dict[str, Any] = {}
+    for mid in sorted(models, key=str):
+        expanded[str(mid)], next_port = _expand_model(
+            str(mid), models[mid], global_macros, next_port
+        )
+    out["models"] = expanded
+    return out
+
+
+def _start_port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"startPort: must be an integer, got {value!r}")
+    return value
+
+
+def _expand_model(
+    mid: str, model: Any, global_macros: dict[str, Any], next_port: int
+) -> tuple[dict[str, Any], int]:
+    if model is None:
+        model = {}
+    if not isinstance(model, dict):
+        raise ConfigError(f"models.{mid}: must be a mapping of settings")
+    model = dict(model)
+    for key in ("cmd", "cmdStop"):
+        if isinstance(model.get(key), str):
+            model[key] = strip_cmd_comments(model[key])
+    model.setdefault("proxy", DEFAULT_PROXY)
+    local = validate_macros(model.get("macros"), f"model {mid}")
+    # MODEL_ID first, then globals, then model macros replacing globals in place.
+    scope: dict[str, Any] = {"MODEL_ID": mid, **global_macros}
+    scope.update(local)
+    model = {k: v if k == "macros" else substitute(v, scope) for k, v in model.items()}
+    cmd = model.get("cmd")
+    if isinstance(cmd, str) and "${PORT}" in cmd:
+        model = substitute(model, {"PORT": next_port})
+        next_port += 1
+    elif isinstance(model.get("proxy"), str) and "${PORT}" in model["proxy"]:
+        raise ConfigError(
+            f"model {mid}: proxy uses ${{PORT}} but cmd does not - ${{PORT}} is only "
+            "available when used in cmd (set proxy to the server's fixed address)"
+        )
+    _check_model_leftovers(mid, model)
+    return model, next_port
+
+
+def _check_model_leftovers(mid: str, model: dict[str, Any]) -> None:
+    for key, value in model.items():
+        if key == "macros":
+            continue
+        for path, text in _strings(value, key):
+            names = [
+                n
+                for n in leftover_macros(text)
+                if not (key == "cmdStop" and n == "PID")
+            ]
+            if not names:
+                continue
+            name = names[0]
+            if key in _CHECKED_MODEL_FIELDS:
+                if name in ("PORT", "MODEL_ID", "PID"):
+                    raise ConfigError(
+                        f"macro '${{{name}}}' should have been substituted in "
+                        f"{mid}.{key}"
+                        + (
+                            " (${PID} is only available in cmdStop)"
+                            if name == "PID"
+                            else ""
+                        )
+                    )
+                raise ConfigError(f"unknown macro '${{{name}}}' found in {mid}.{key}")
+            raise ConfigError(f"model {mid} {path}: unknown macro '${{{name}}}'")
+
+
+def _check_leftovers(value: Any, path: str) -> None:
+    for where, text in _strings(value, path):
+        names = leftover_macros(text)
+        if names:
+            raise ConfigError(f"{where}: unknown macro '${{{names[0]}}}'")
+
+
+def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _strings(v, f"{path}[{i}]")
+
+
+# -- unknown keys ----------------------------------------------------------------
+
+
+def _unknown_key_warnings(config: Config) -> Iterator[str]:
+    yield from _extras(config, "", NOT_YET_TOP_KEYS)
+    for mid, model in config.models.items():
+        yield from _extras(model, f"models.{mid}.", NOT_YET_MODEL_KEYS)
+
+
+def _extras(section: BaseModel, prefix: str, not_yet: frozenset[str]) -> Iterator[str]:
+    known = [f.alias or name for name, f in type(section).model_fields.items()]
+    for key in section.model_extra or {}:
+        if key in not_yet:
+            yield f"{prefix}{key}: not supported by swapvisor yet; ignored"
+            continue
+        hint = difflib.get_close_matches(key, known, n=1)
+        suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+        yield f"{prefix}{key}: unknown key, ignored{suggestion}"

@@ -1,0 +1,151 @@
+"""Reading the model out of an inference request, and rewriting it.
+
+llama-swap.md §2.2: the model comes from the JSON body, a multipart or
+urlencoded form field, or ``?model=`` on GET. A rewrite (``useModelName``)
+changes only the model's bytes; everything else is forwarded as received.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from controller.errors import BadRequest
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRequest:
+    model: str
+    stream: bool
+    kind: str  # "json" | "multipart" | "form" | "query"
+
+
+def read_model(
+    method: str, content_type: str, query: dict[str, str], body: bytes
+) -> ModelRequest:
+    """Find the requested model, or raise BadRequest naming what is wrong."""
+    if method == "GET" or (not body and "model" in query):
+        return _from_query(query)
+    ctype = content_type.lower()
+    if "application/json" in ctype or (not ctype and body[:1] in (b"{", b"[")):
+        return _from_json(body)
+    if ctype.startswith("multipart/form-data"):
+        fields = multipart_fields(content_type, body)
+        return _require(
+            fields.get("model"),
+            fields.get("stream") == "true",
+            "multipart",
+            "a multipart form field 'model'",
+        )
+    if ctype.startswith("application/x-www-form-urlencoded"):
+        form = dict(parse_qsl(body.decode("utf-8", "replace")))
+        return _require(
+            form.get("model") or query.get("model"),
+            form.get("stream") == "true",
+            "form",
+            "a form field 'model'",
+        )
+    return _from_query(query)
+
+
+def _from_query(query: dict[str, str]) -> ModelRequest:
+    return _require(
+        query.get("model"),
+        query.get("stream") == "true",
+        "query",
+        "a 'model' query parameter (?model=...)",
+    )
+
+
+def _from_json(body: bytes) -> ModelRequest:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"invalid JSON in request body: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BadRequest("the JSON request body must be an object with a 'model' field")
+    model = data.get("model")
+    if model is not None and not isinstance(model, str):
+        raise BadRequest("the 'model' field must be a string")
+    return _require(
+        model, data.get("stream") is True, "json", "a 'model' field in the JSON body"
+    )
+
+
+def _require(model: str | None, stream: bool, kind: str, where: str) -> ModelRequest:
+    if not model or not model.strip():
+        raise BadRequest(f"no model named: the request needs {where}")
+    return ModelRequest(model.strip(), stream, kind)
+
+
+def rewrite_model(
+    req: ModelRequest, content_type: str, query: dict[str, str], body: bytes, new: str
+) -> tuple[bytes, str | None]:
+    """The body (and, for GET, the new query string) with the model replaced."""
+    if req.kind == "json":
+        data: dict[str, Any] = json.loads(body)
+        data["model"] = new
+        return json.dumps(data, ensure_ascii=False).encode(), None
+    if req.kind == "multipart":
+        return replace_multipart_field(content_type, body, "model", new), None
+    if req.kind == "form":
+        form = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+        return urlencode(
+            [(k, new if k == "model" else v) for k, v in form]
+        ).encode(), None
+    return body, urlencode({**query, "model": new})
+
+
+# -- multipart, just enough to read and replace small text fields ------------------
+
+_NAME_RE = re.compile(rb'name="([^"]*)"', re.IGNORECASE)
+
+
+def _boundary(content_type: str) -> bytes:
+    match = re.search(r'boundary="?([^";]+)"?', content_type, re.IGNORECASE)
+    if not match:
+        raise BadRequest("multipart request without a boundary")
+    return match.group(1).encode()
+
+
+def _parts(content_type: str, body: bytes) -> list[tuple[int, int, bytes]]:
+    """(start, end, name) of each part's value bytes within ``body``."""
+    delimiter = b"--" + _boundary(content_type)
+    out = []
+    pos = body.find(delimiter)
+    while pos != -1:
+        head_start = pos + len(delimiter)
+        if body[head_start : head_start + 2] == b"--":
+            break
+        head_end = body.find(b"\r\n\r\n", head_start)
+        nxt = body.find(b"\r\n" + delimiter, head_end)
+        if head_end == -1 or nxt == -1:
+            raise BadRequest("malformed multipart body")
+        match = _NAME_RE.search(body[head_start:head_end])
+        out.append((head_end + 4, nxt, match.group(1) if match else b""))
+        pos = nxt + 2
+    return out
+
+
+def multipart_fields(content_type: str, body: bytes) -> dict[str, str]:
+    """Small text fields of a multipart form (file parts are skipped)."""
+    fields: dict[str, str] = {}
+    for start, end, name in _parts(content_type, body):
+        if end - start <= 4096:
+            fields.setdefault(
+                name.decode("utf-8", "replace"),
+                body[start:end].decode("utf-8", "replace"),
+            )
+    return fields
+
+
+def replace_multipart_field(
+    content_type: str, body: bytes, field: str, value: str
+) -> bytes:
+    for start, end, name in _parts(content_type, body):
+        if name == field.encode():
+            return body[:start] + value.encode() + body[end:]
+    return body

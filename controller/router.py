@@ -1,0 +1,136 @@
+"""Router: the scheduler's real effects, over one Upstream per model.
+
+Owns the Upstreams, the Scheduler and the swap tasks. Handlers use ``lease``:
+it admits the request, waits for its grant, and releases it however the
+request ends (served, failed, or the client left).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+from controller.errors import ControllerError, UpstreamStartError
+from controller.eviction import GroupPolicy
+from controller.logs import LogBuffer
+from controller.scheduler import Scheduler, Ticket
+from controller.states import UpstreamState
+from controller.upstream import Upstream
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Set
+
+    from backends.base import Backend
+    from controller.config import Config
+
+log = logging.getLogger("swapvisor.router")
+
+
+class Router:
+    def __init__(self, config: Config, backend: Backend) -> None:
+        self.config = config
+        self.backend = backend
+        self.upstreams: dict[str, Upstream] = {
+            mid: Upstream(
+                mid,
+                config.launch_spec(mid),
+                backend,
+                start_deadline_s=config.start_deadline_s(mid),
+                unload_grace_s=config.unload_grace_s(mid),
+                ttl_s=config.ttl_s(mid),
+                on_change=self._on_state_change,
+                logs=LogBuffer(),
+            )
+            for mid in sorted(config.models)
+        }
+        self.scheduler = Scheduler(
+            self, GroupPolicy([], config.models), config.concurrency_limit
+        )
+        self._grants: dict[int, asyncio.Future[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- what handlers use ------------------------------------------------------------
+
+    @asynccontextmanager
+    async def lease(self, model_id: str, priority: int = 0) -> AsyncIterator[Upstream]:
+        """Hold a grant to proxy one request to ``model_id``'s ready server."""
+        ticket = Ticket(model_id, priority)
+        granted = asyncio.get_running_loop().create_future()
+        self._grants[ticket.id] = granted
+        try:
+            self.scheduler.submit(ticket)
+            await granted
+            yield self.upstreams[model_id]
+        finally:
+            self._grants.pop(ticket.id, None)
+            self.scheduler.release(ticket)
+
+    async def unload(self, model_ids: Set[str] | None = None) -> None:
+        """Stop these models (all when None), failing requests waiting for them."""
+        ids = set(self.upstreams) if model_ids is None else set(model_ids)
+        self.scheduler.unload(ids)
+        await asyncio.gather(*(self.upstreams[m].stop() for m in sorted(ids)))
+        self.scheduler.drain()
+
+    async def aclose(self) -> None:
+        """Fail waiting requests, stop every upstream, close the backend."""
+        self.scheduler.shutdown()
+        await asyncio.gather(*(u.stop() for u in self.upstreams.values()))
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.backend.aclose()
+
+    # -- Effects (called synchronously by the scheduler) ----------------------
+
+    def running(self) -> Set[str]:
+        return {m for m, u in self.upstreams.items() if u.running}
+
+    def is_ready(self, model: str) -> bool:
+        return self.upstreams[model].state is UpstreamState.READY
+
+    def start_swap(self, target: str, evict: frozenset[str]) -> None:
+        task = asyncio.create_task(self._swap(target, evict), name=f"swap to {target}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def grant(self, ticket: Ticket) -> None:
+        self.upstreams[ticket.model].acquire()
+        granted = self._grants.get(ticket.id)
+        if granted is not None and not granted.done():
+            granted.set_result(None)
+
+    def reject(self, ticket: Ticket, error: ControllerError) -> None:
+        granted = self._grants.get(ticket.id)
+        if granted is not None and not granted.done():
+            granted.set_exception(error)
+
+    def finished(self, ticket: Ticket) -> None:
+        self.upstreams[ticket.model].release()
+
+    # -- internals ------------------------------------------------------------------
+
+    async def _swap(self, target: str, evict: frozenset[str]) -> None:
+        error: ControllerError | None = None
+        try:
+            if evict:
+                log.info(
+                    "swap: stopping %s to start %s", ", ".join(sorted(evict)), target
+                )
+            await asyncio.gather(*(self.upstreams[m].stop() for m in evict))
+            await self.upstreams[target].ensure_ready()
+        except ControllerError as exc:
+            error = exc
+        except Exception as exc:  # a task's top level: log, then report
+            log.exception("swap to %s failed", target)
+            error = UpstreamStartError(f"model {target} failed to start: {exc!r}")
+        self.scheduler.swap_done(target, error)
+
+    def _on_state_change(
+        self, upstream: Upstream, old: UpstreamState, new: UpstreamState
+    ) -> None:
+        log.debug("%s: %s -> %s", upstream.id, old.value, new.value)
+        if new in (UpstreamState.STOPPED, UpstreamState.FAILED):
+            self.scheduler.drain()

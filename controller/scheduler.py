@@ -1,0 +1,218 @@
+"""The scheduler: for every request, serve now, join a start, queue, or swap.
+
+Synchronous on purpose: no method awaits, so asyncio serialises it for free and
+no state can change between a decision and its effect (llama-swap #790, #949).
+It acts only through ``Effects``; it does no I/O, reads no clock and never logs.
+
+Rules (llama-swap.md §3.5): a request joins a swap already starting its model;
+a ready model whose start evicts nothing is served at once; a swap never evicts
+a model that still has requests in flight, and never collides with another
+swap; otherwise the request queues. Queued requests are re-examined in order
+after every swap and every drain, so A B A B is served A A B B.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from controller.errors import ControllerError, ModelUnloaded, Overloaded, ShuttingDown
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Set
+
+
+class TicketState(enum.Enum):
+    NEW = "new"
+    QUEUED = "queued"  # waiting for a swap it may not start yet
+    JOINED = "joined"  # waiting on a swap that starts its model
+    SERVING = "serving"  # granted: counted in flight on its model
+    DONE = "done"  # rejected or released
+
+
+_ids = itertools.count(1)
+
+
+@dataclass(eq=False, slots=True)
+class Ticket:
+    """One admitted request's place in the scheduler."""
+
+    model: str
+    priority: int = 0
+    id: int = field(default_factory=lambda: next(_ids))
+    state: TicketState = TicketState.NEW
+
+
+class Effects(Protocol):
+    """What the scheduler may do and see. Every method returns at once."""
+
+    def running(self) -> Set[str]:
+        """Models that are starting, ready or stopping."""
+        ...
+
+    def is_ready(self, model: str) -> bool: ...
+
+    def start_swap(self, target: str, evict: frozenset[str]) -> None:
+        """Begin stopping ``evict`` then starting ``target``; report via swap_done."""
+        ...
+
+    def grant(self, ticket: Ticket) -> None:
+        """The request may be proxied now; it counts as in flight."""
+        ...
+
+    def reject(self, ticket: Ticket, error: ControllerError) -> None: ...
+
+    def finished(self, ticket: Ticket) -> None:
+        """A granted request finished; it no longer counts as in flight."""
+        ...
+
+
+class EvictionPolicy(Protocol):
+    def evict(self, target: str, running: Set[str]) -> frozenset[str]: ...
+
+
+@dataclass(slots=True)
+class _Swap:
+    evict: frozenset[str]
+    waiters: list[Ticket]
+
+
+class Scheduler:
+    def __init__(
+        self,
+        effects: Effects,
+        policy: EvictionPolicy,
+        limit: Callable[[str], int],
+    ) -> None:
+        self._effects = effects
+        self._policy = policy
+        self._limit = limit
+        self._reserved: Counter[str] = Counter()  # admitted and not finished
+        self._serving: Counter[str] = Counter()  # granted and not finished
+        self._queue: list[Ticket] = []
+        self._swaps: dict[str, _Swap] = {}
+        self._closed = False
+
+    # -- events ----------------------------------------------------------------
+
+    def submit(self, ticket: Ticket) -> None:
+        """Admit a request or raise Overloaded / ShuttingDown."""
+        if self._closed:
+            raise ShuttingDown("swapvisor is shutting down")
+        limit = self._limit(ticket.model)
+        if self._reserved[ticket.model] >= limit:
+            raise Overloaded(
+                f"too many requests for model {ticket.model}: concurrencyLimit "
+                f"{limit} reached (waiting plus running)"
+            )
+        self._reserved[ticket.model] += 1
+        if not self._decide(ticket):
+            self._enqueue(ticket)
+
+    def release(self, ticket: Ticket) -> None:
+        """The request finished, failed or its client left. Idempotent."""
+        state, ticket.state = ticket.state, TicketState.DONE
+        if state is TicketState.DONE:
+            return
+        self._reserved[ticket.model] -= 1
+        if state is TicketState.QUEUED:
+            self._queue.remove(ticket)
+        elif state is TicketState.JOINED:
+            self._swaps[ticket.model].waiters.remove(ticket)
+        elif state is TicketState.SERVING:
+            self._serving[ticket.model] -= 1
+            self._effects.finished(ticket)
+            if self._serving[ticket.model] == 0:
+                self.drain()
+
+    def swap_done(self, target: str, error: ControllerError | None) -> None:
+        swap = self._swaps.pop(target)
+        for ticket in swap.waiters:
+            if error is None:
+                self._grant(ticket)
+            else:
+                self._reject(ticket, error)
+        self.drain()
+
+    def unload(self, models: Set[str]) -> None:
+        """Fail the requests waiting for ``models`` (they are being unloaded)."""
+        for ticket in [t for t in self._queue if t.model in models]:
+            self._queue.remove(ticket)
+            self._reject(ticket, ModelUnloaded(f"model {ticket.model} was unloaded"))
+        for target in models & self._swaps.keys():
+            waiters, self._swaps[target].waiters = self._swaps[target].waiters, []
+            for ticket in waiters:
+                self._reject(ticket, ModelUnloaded(f"model {target} was unloaded"))
+
+    def shutdown(self) -> None:
+        """Refuse new requests and fail every waiting one."""
+        self._closed = True
+        self.unload(set(self._reserved))
+
+    def drain(self) -> None:
+        """Re-examine queued requests in order (after any change)."""
+        for ticket in list(self._queue):
+            if ticket.state is TicketState.QUEUED and self._decide(ticket):
+                self._queue.remove(ticket)
+
+    # -- introspection (advisory only) -------------------------------------------
+
+    def queued(self) -> list[Ticket]:
+        return list(self._queue)
+
+    def in_flight(self, model: str) -> int:
+        return self._serving[model]
+
+    def swapping(self) -> dict[str, frozenset[str]]:
+        return {t: s.evict for t, s in self._swaps.items()}
+
+    # -- the decision ------------------------------------------------------------
+
+    def _decide(self, ticket: Ticket) -> bool:
+        """Serve, join or start a swap; False means the request must wait."""
+        target = ticket.model
+        if target in self._swaps:
+            ticket.state = TicketState.JOINED
+            self._swaps[target].waiters.append(ticket)
+            return True
+        running = set(self._effects.running()) | (self._swaps.keys() - {target})
+        evict = self._policy.evict(target, running)
+        threatened = any(target in s.evict for s in self._swaps.values())
+        if not evict and not threatened and self._effects.is_ready(target):
+            self._grant(ticket)
+            return True
+        if threatened or self._collides(evict):
+            return False
+        if any(self._serving[m] for m in evict):
+            return False  # never swap out a model mid-request: wait for it to drain
+        ticket.state = TicketState.JOINED
+        self._swaps[target] = _Swap(evict, [ticket])
+        self._effects.start_swap(target, evict)
+        return True
+
+    def _collides(self, evict: frozenset[str]) -> bool:
+        return any(
+            target in evict or evict & swap.evict
+            for target, swap in self._swaps.items()
+        )
+
+    def _enqueue(self, ticket: Ticket) -> None:
+        ticket.state = TicketState.QUEUED
+        index = next(
+            (i for i, t in enumerate(self._queue) if t.priority < ticket.priority),
+            len(self._queue),
+        )
+        self._queue.insert(index, ticket)
+
+    def _grant(self, ticket: Ticket) -> None:
+        ticket.state = TicketState.SERVING
+        self._serving[ticket.model] += 1
+        self._effects.grant(ticket)
+
+    def _reject(self, ticket: Ticket, error: ControllerError) -> None:
+        ticket.state = TicketState.DONE
+        self._reserved[ticket.model] -= 1
+        self._effects.reject(ticket, error)

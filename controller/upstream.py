@@ -1,0 +1,333 @@
+"""Upstream: one per model, the only owner of that model's lifecycle state.
+
+Nothing outside this class branches a start or stop on ``state``; callers ask
+(``ensure_ready``, ``stop``) and await. Each check-and-change happens with no
+``await`` in between, so concurrent callers share one start and one stop, and
+a request that arrives during a TTL unload waits for it and then starts the
+model again (llama-swap #946).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from backends.base import (
+    Backend,
+    BackendError,
+    BackendStartError,
+    ExitInfo,
+    Handle,
+    Health,
+    LaunchSpec,
+)
+from controller.errors import (
+    ControllerError,
+    ModelUnloaded,
+    UpstreamStartError,
+    UpstreamStartTimeout,
+)
+from controller.logs import LogBuffer
+from controller.states import ALLOWED, RUNNING, UpstreamState
+
+log = logging.getLogger("swapvisor.upstream")
+
+S = UpstreamState
+# Health polling: the first probe right after launch, then short intervals so
+# swapvisor adds ~20 ms at most to a server's own start time; slower once a
+# start has taken a while (big models), to keep probe traffic negligible.
+FIRST_INTERVAL_S = 0.005
+FAST_CAP_S = 0.02
+SLOW_CAP_S = 0.1
+FAST_PHASE_S = 10.0
+# Grace for killing a start that missed its deadline (as llama-swap: 5 s).
+ABORT_GRACE_S = 5.0
+LOG_TAIL_LINES = 8
+
+StateListener = Callable[["Upstream", UpstreamState, UpstreamState], None]
+
+
+class Upstream:
+    """One model's server: its state, backend handle, in-flight count and TTL."""
+
+    def __init__(
+        self,
+        model_id: str,
+        spec: LaunchSpec,
+        backend: Backend,
+        *,
+        start_deadline_s: float,
+        unload_grace_s: float,
+        ttl_s: float,
+        on_change: StateListener | None = None,
+        logs: LogBuffer | None = None,
+    ) -> None:
+        self.id = model_id
+        self.spec = spec
+        self.start_deadline_s = start_deadline_s
+        self.unload_grace_s = unload_grace_s
+        self.ttl_s = ttl_s
+        self.logs = logs or LogBuffer()
+        self.state = S.STOPPED
+        self.failure: ControllerError | None = None
+        self.last_exit: ExitInfo | None = None
+        self.in_flight = 0
+        self.started_at: float | None = None
+        self.last_start_s: float | None = None
+        self._backend = backend
+        self._on_change = on_change
+        self._handle: Handle | None = None
+        self._ready: asyncio.Future[None] | None = None
+        self._start_task: asyncio.Task[None] | None = None
+        self._stop_task: asyncio.Task[None] | None = None
+        self._log_task: asyncio.Task[None] | None = None
+        self._ttl_task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()  # replaced by a fresh one on every change
+
+    # -- public contract ----------------------------------------------------------
+
+    async def ensure_ready(self) -> None:
+        """Return once the server is ready; start it if needed. Idempotent.
+
+        Concurrent callers share one start. Raises UpstreamStartError,
+        UpstreamStartTimeout or ModelUnloaded when the start fails or is aborted.
+        """
+        while True:
+            if self.state is S.READY:
+                return
+            if self.state is S.STOPPING:
+                assert self._stop_task is not None
+                await asyncio.shield(self._stop_task)
+                continue
+            if self.state is not S.STARTING:
+                self._begin_start()
+            assert self._ready is not None
+            await asyncio.shield(self._ready)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop the server (abort a start in progress). Idempotent; waits."""
+        if self.state in (S.STARTING, S.READY):
+            self._begin_stop(self.unload_grace_s if grace is None else grace)
+        if self.state is S.STOPPING:
+            assert self._stop_task is not None
+            await asyncio.shield(self._stop_task)
+
+    @property
+    def running(self) -> bool:
+        return self.state in RUNNING
+
+    @property
+    def base_url(self) -> str:
+        return self.spec.base_url
+
+    def acquire(self) -> None:
+        """A request is being served: hold off the TTL."""
+        self.in_flight += 1
+        self._cancel_ttl()
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._arm_ttl()
+
+    async def exit_reason(self, wait_s: float) -> str | None:
+        """If the server exits within ``wait_s``, how it ended and its last lines.
+
+        Used to explain a dropped connection to the client.
+        """
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_s):
+                while self.state is S.READY:
+                    await self._changed.wait()
+                if self._stop_task is not None:
+                    await asyncio.shield(self._stop_task)
+        if self.state is S.READY or self.last_exit is None:
+            return None
+        return f"{self.last_exit.describe()}{self._tail_text()}"
+
+    # -- start ---------------------------------------------------------------------
+
+    def _begin_start(self) -> None:
+        self._set_state(S.STARTING)
+        self.failure = None
+        self._ready = asyncio.get_running_loop().create_future()
+        # Mark the exception retrieved: a failed start with no waiter left
+        # (all clients gone) must not warn at garbage collection.
+        self._ready.add_done_callback(
+            lambda f: None if f.cancelled() else f.exception()
+        )
+        self._start_task = asyncio.create_task(
+            self._run_start(self._ready), name=f"start {self.id}"
+        )
+
+    async def _run_start(self, ready: asyncio.Future[None]) -> None:
+        began = time.monotonic()
+        try:
+            await self._launch_and_wait()
+        except asyncio.CancelledError:
+            _settle(
+                ready, ModelUnloaded(f"model {self.id} was unloaded while starting")
+            )
+            raise
+        except ControllerError as exc:
+            self.failure = exc
+            self._set_state(S.FAILED)
+            _settle(ready, exc)
+            log.warning("%s", exc.message)
+            return
+        self.last_start_s = time.monotonic() - began
+        self.started_at = time.time()
+        self._set_state(S.READY)
+        _settle(ready, None)
+        log.info("%s ready in %.3f s", self.id, self.last_start_s)
+        self._arm_ttl()
+
+    async def _launch_and_wait(self) -> None:
+        try:
+            self._handle = await self._backend.start(self.id, self.spec)
+        except BackendStartError as exc:
+            raise UpstreamStartError(f"model {self.id} failed to start: {exc}") from exc
+        handle = self._handle
+        self._log_task = asyncio.create_task(self._pump_logs(handle))
+        try:
+            async with asyncio.timeout(self.start_deadline_s):
+                healthy = await self._wait_healthy(handle)
+        except TimeoutError:
+            await self._reap(handle, ABORT_GRACE_S)
+            raise UpstreamStartTimeout(
+                f"model {self.id} did not become healthy within "
+                f"{self.start_deadline_s:g} s (health check "
+                f"{self.spec.check_endpoint} on {self.spec.base_url})"
+                f"{self._tail_text()}"
+            ) from None
+        except asyncio.CancelledError:
+            # Aborted by stop(): the stop task reaps the process.
+            raise
+        if not healthy:
+            info = await self._reap(handle, 0)
+            raise UpstreamStartError(
+                f"model {self.id} exited while starting ({info.describe()})"
+                f"{self._tail_text()}"
+            )
+
+    async def _wait_healthy(self, handle: Handle) -> bool:
+        """True once ready, False if the server exited first."""
+        began = time.monotonic()
+        interval = FIRST_INTERVAL_S
+        while True:
+            try:
+                health = await self._backend.health(handle, self.spec)
+            except BackendError as exc:
+                raise UpstreamStartError(f"model {self.id}: {exc}") from exc
+            if health is Health.READY:
+                return True
+            if health is Health.EXITED:
+                return False
+            await asyncio.sleep(interval)
+            cap = FAST_CAP_S if time.monotonic() - began < FAST_PHASE_S else SLOW_CAP_S
+            interval = min(interval * 1.5, cap)
+
+    # -- stop ----------------------------------------------------------------------
+
+    def _begin_stop(self, grace: float) -> None:
+        start_task = self._start_task if self.state is S.STARTING else None
+        self._cancel_ttl()
+        self._set_state(S.STOPPING)
+        self._stop_task = asyncio.create_task(
+            self._run_stop(grace, start_task), name=f"stop {self.id}"
+        )
+
+    async def _run_stop(
+        self, grace: float, start_task: asyncio.Task[None] | None
+    ) -> None:
+        if start_task is not None:
+            start_task.cancel()
+            await asyncio.wait([start_task])
+        if self._handle is not None:
+            info = await self._reap(self._handle, grace)
+            log.info("%s stopped (%s)", self.id, info.describe())
+        self._set_state(S.STOPPED)
+
+    async def _reap(self, handle: Handle, grace: float) -> ExitInfo:
+        """Stop the workload, collect its remaining output, forget the handle."""
+        try:
+            info = await self._backend.stop(handle, self.spec, grace=grace)
+        except BackendError as exc:
+            log.error("%s: stopping failed: %s", self.id, exc)
+            info = ExitInfo(code=None, forced=False)
+        if self._log_task is not None:
+            # Grandchildren may hold the pipe open; don't wait on them forever.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._log_task), 1.0)
+            self._log_task.cancel()
+        self.last_exit = info
+        if self._handle is handle:
+            self._handle = None
+        return info
+
+    # -- output and unexpected exits --------------------------------------------------
+
+    async def _pump_logs(self, handle: Handle) -> None:
+        try:
+            async for line in self._backend.logs(handle):
+                self.logs.write(line)
+        except BackendError as exc:
+            log.warning("%s: log stream ended: %s", self.id, exc)
+        # Output closed: the server most likely exited. If it was serving, notice
+        # now rather than on the next failed request.
+        if self.state is S.READY and self._handle is handle:
+            if await self._backend.health(handle, self.spec) is Health.EXITED:
+                log.warning("%s upstream process exited unexpectedly", self.id)
+                self._log_task = None  # this task is finishing; don't await itself
+                self._begin_stop(0)
+
+    def _tail_text(self) -> str:
+        tail = self.logs.tail(LOG_TAIL_LINES)
+        return "; last log lines:\n" + "\n".join(tail) if tail else ""
+
+    # -- TTL -------------------------------------------------------------------------
+
+    def _arm_ttl(self) -> None:
+        self._cancel_ttl()
+        if self.ttl_s > 0 and self.state is S.READY and self.in_flight == 0:
+            self._ttl_task = asyncio.create_task(
+                self._ttl_expire(), name=f"ttl {self.id}"
+            )
+
+    def _cancel_ttl(self) -> None:
+        if self._ttl_task is not None:
+            self._ttl_task.cancel()
+            self._ttl_task = None
+
+    async def _ttl_expire(self) -> None:
+        await asyncio.sleep(self.ttl_s)
+        if self.state is S.READY and self.in_flight == 0:
+            log.info("%s Unloading model, TTL of %gs reached", self.id, self.ttl_s)
+            self._ttl_task = None
+            self._begin_stop(self.unload_grace_s)
+
+    # -- state -----------------------------------------------------------------------
+
+    def _set_state(self, new: UpstreamState) -> None:
+        old = self.state
+        if (old, new) not in ALLOWED:
+            raise RuntimeError(
+                f"{self.id}: illegal transition {old.value} -> {new.value}"
+            )
+        self.state = new
+        self._changed.set()
+        self._changed = asyncio.Event()
+        if self._on_change is not None:
+            self._on_change(self, old, new)
+
+
+def _settle(fut: asyncio.Future[None], error: ControllerError | None) -> None:
+    if fut.done():
+        return
+    if error is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(error)
