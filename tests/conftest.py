@@ -1,0 +1,183 @@
+"""Shared fixtures: free ports, config files, the fake upstream command, and
+swapvisor itself as a real subprocess. Every fixture that starts something
+stops it (and checks nothing it started is left running)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import aiohttp
+import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterator
+    from io import TextIOWrapper
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE = ROOT / "tests" / "fakes" / "fake_upstream.py"
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def fake_cmd(model: str, *flags: str) -> str:
+    """A ``cmd`` line that runs the fake upstream on ``${PORT}``."""
+    extra = " ".join(flags)
+    return f"{PY} {FAKE} --port ${{PORT}} --model {model} {extra}".rstrip()
+
+
+def pids_of(pattern: str) -> list[int]:
+    """Live processes whose command line contains ``pattern`` (zombies excluded)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if pattern in cmdline and stat.rsplit(")", 1)[1].split()[0] != "Z":
+            out.append(int(entry.name))
+    return out
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll ``predicate`` under a deadline (never a bare sleep-and-hope)."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+def wait_until_sync(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[[str], Path]:
+    """Write YAML text to a fresh config file and return its path."""
+    counter = iter(range(1000))
+
+    def write(text: str) -> Path:
+        path = tmp_path / f"config-{next(counter)}.yaml"
+        path.write_text(text)
+        return path
+
+    return write
+
+
+@dataclass
+class Swapvisor:
+    """A running ``python -m controller`` subprocess."""
+
+    proc: subprocess.Popen[str]
+    port: int
+    log_path: Path
+    marker: str  # a string unique to this test's upstream command lines
+    _log: TextIOWrapper | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+    def upstream_pids(self) -> list[int]:
+        return pids_of(self.marker)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+@pytest.fixture
+def swapvisor(
+    tmp_path: Path,
+) -> Iterator[Callable[..., Swapvisor]]:
+    """Factory: start swapvisor on a config path; wait for /health; clean up.
+
+    Upstream ``cmd`` lines should contain ``marker`` (tests use the tmp path)
+    so leftovers can be found by command line.
+    """
+    started: list[Swapvisor] = []
+
+    def start(
+        config: Path, *extra: str, marker: str = "", env: dict[str, str] | None = None
+    ) -> Swapvisor:
+        port = free_port()
+        log_path = tmp_path / f"swapvisor-{port}.log"
+        log = log_path.open("w")
+        full_env = {**os.environ, **(env or {})}
+        # Children (the launchers) find this venv's python first.
+        full_env["PATH"] = f"{Path(PY).parent}{os.pathsep}{full_env.get('PATH', '')}"
+        proc = subprocess.Popen(
+            [
+                PY,
+                "-m",
+                "controller",
+                "--config",
+                str(config),
+                "--listen",
+                f"127.0.0.1:{port}",
+                *extra,
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=full_env,
+        )
+        sv = Swapvisor(proc, port, log_path, marker or str(config.parent), log)
+        started.append(sv)
+        _wait_healthy(sv)
+        return sv
+
+    yield start
+    for sv in started:
+        if sv.proc.poll() is None:
+            sv.proc.kill()
+            sv.proc.wait(10)
+        if sv._log is not None:
+            sv._log.close()
+        for pid in sv.upstream_pids():  # never leave a process behind
+            os.kill(pid, signal.SIGKILL)
+
+
+def _wait_healthy(sv: Swapvisor) -> None:
+    import urllib.request
+
+    def up() -> bool:
+        if sv.proc.poll() is not None:
+            raise RuntimeError(f"swapvisor exited: {sv.output()}")
+        try:
+            with urllib.request.urlopen(sv.url + "/health", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    wait_until_sync(up, timeout=20)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
