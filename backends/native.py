@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from backends.base import Backend
 
 _PR_SET_PDEATHSIG = 1
+EXIT_REAP_S = 1.0
 _libc: ctypes.CDLL | None
 try:
     _libc = ctypes.CDLL(None, use_errno=True)
@@ -153,8 +154,12 @@ class NativeBackend:
             except ValueError:  # a line longer than the reader's limit
                 line = await reader.read(65536)
             if not line:
-                return
+                break
             yield line
+        # Output closed: let the exit be reaped too, so a health() right after
+        # the stream ends sees EXITED rather than a dying process.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(child.proc.wait(), EXIT_REAP_S)
 
     async def aclose(self) -> None:
         await self._probe.aclose()

@@ -201,7 +201,12 @@ async def inference(request: web.Request) -> web.StreamResponse:
         if query_string:
             url += "?" + query_string
         return await request.app[PROXY].forward(
-            request, url, body or None, mid_stream, lambda: upstream.exit_reason(1.0)
+            request,
+            url,
+            body or None,
+            mid_stream,
+            lambda: upstream.exit_reason(1.0),
+            strip_client_keys=bool(config.api_keys),
         )
 
 
@@ -230,7 +235,12 @@ async def upstream_passthrough(request: web.Request) -> web.StreamResponse:
     async with request.app[ROUTER].lease(model_id) as upstream:
         url = upstream.base_url.rstrip("/") + rest + (f"?{raw_query}" if sep else "")
         return await request.app[PROXY].forward(
-            request, url, body, _OPENAI_MID_STREAM, lambda: upstream.exit_reason(1.0)
+            request,
+            url,
+            body,
+            _OPENAI_MID_STREAM,
+            lambda: upstream.exit_reason(1.0),
+            strip_client_keys=bool(config.api_keys),
         )
 
 

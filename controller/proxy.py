@@ -35,6 +35,8 @@ HOP_BY_HOP = frozenset(
 )
 _DROP_REQUEST = HOP_BY_HOP | {"host", "content-length"}
 _DROP_RESPONSE = HOP_BY_HOP | {"content-length"}
+# swapvisor's own API keys are not the upstream's business.
+_CLIENT_KEYS = frozenset({"authorization", "x-api-key"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +84,14 @@ class Proxy:
         body: bytes | AsyncIterable[bytes] | None,
         on_mid_stream: MidStreamError,
         on_dropped: Callable[[], Awaitable[str | None]] | None = None,
+        *,
+        strip_client_keys: bool = False,
     ) -> web.StreamResponse:
         """Send the request to ``url`` and stream the response to the client.
 
         Raises UpstreamError (502) if the upstream fails before answering.
         """
-        headers = _request_headers(request, body)
+        headers = _request_headers(request, body, strip_client_keys)
         try:
             upstream = await self._client().request(
                 request.method,
@@ -158,10 +162,13 @@ def _describe(exc: BaseException) -> str:
 
 
 def _request_headers(
-    request: web.Request, body: bytes | AsyncIterable[bytes] | None
+    request: web.Request,
+    body: bytes | AsyncIterable[bytes] | None,
+    strip_client_keys: bool,
 ) -> CIMultiDict[str]:
+    drop = _DROP_REQUEST | _CLIENT_KEYS if strip_client_keys else _DROP_REQUEST
     headers = CIMultiDict(
-        (k, v) for k, v in request.headers.items() if k.lower() not in _DROP_REQUEST
+        (k, v) for k, v in request.headers.items() if k.lower() not in drop
     )
     if body is not None and not isinstance(body, bytes | bytearray):
         # A streamed body keeps the client's length rather than going chunked.

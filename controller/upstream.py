@@ -46,6 +46,7 @@ FAST_PHASE_S = 10.0
 # Grace for killing a start that missed its deadline (as llama-swap: 5 s).
 ABORT_GRACE_S = 5.0
 LOG_TAIL_LINES = 8
+EXIT_POLL_S = 0.02
 
 StateListener = Callable[["Upstream", UpstreamState, UpstreamState], None]
 
@@ -134,19 +135,28 @@ class Upstream:
             self._arm_ttl()
 
     async def exit_reason(self, wait_s: float) -> str | None:
-        """If the server exits within ``wait_s``, how it ended and its last lines.
+        """If the server has exited (or does within ``wait_s``), how it ended and
+        its last log lines; None if it is still alive.
 
-        Used to explain a dropped connection to the client.
+        Called when a connection to the server dropped, to explain why; a dead
+        server is reaped here rather than left for the next request to find.
         """
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait_s):
-                while self.state is S.READY:
-                    await self._changed.wait()
-                if self._stop_task is not None:
-                    await asyncio.shield(self._stop_task)
+                await self._confirm_exit()
         if self.state is S.READY or self.last_exit is None:
             return None
         return f"{self.last_exit.describe()}{self._tail_text()}"
+
+    async def _confirm_exit(self) -> None:
+        while self.state is S.READY and self._handle is not None:
+            handle = self._handle
+            if await self._backend.health(handle, self.spec) is Health.EXITED:
+                self._exited_while_serving(handle)
+                break
+            await asyncio.sleep(EXIT_POLL_S)
+        if self.state is S.STOPPING and self._stop_task is not None:
+            await asyncio.shield(self._stop_task)
 
     # -- start ---------------------------------------------------------------------
 
@@ -280,9 +290,14 @@ class Upstream:
         # now rather than on the next failed request.
         if self.state is S.READY and self._handle is handle:
             if await self._backend.health(handle, self.spec) is Health.EXITED:
-                log.warning("%s upstream process exited unexpectedly", self.id)
                 self._log_task = None  # this task is finishing; don't await itself
-                self._begin_stop(0)
+                self._exited_while_serving(handle)
+
+    def _exited_while_serving(self, handle: Handle) -> None:
+        """The server died on its own: reap it (no automatic restart)."""
+        if self.state is S.READY and self._handle is handle:
+            log.warning("%s upstream process exited unexpectedly", self.id)
+            self._begin_stop(0)
 
     def _tail_text(self) -> str:
         tail = self.logs.tail(LOG_TAIL_LINES)
