@@ -92,7 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         loaded = load_config(args.config)
         host, port = parse_listen(args.listen)
     except (ConfigError, ValueError) as exc:
-        print(f"swapvisor: {args.config}: {exc}", file=sys.stderr)  # noqa: T201
+        reason = " ".join(str(exc).split())  # one line, whatever YAML said
+        print(f"swapvisor: {args.config}: {reason}", file=sys.stderr)  # noqa: T201
         return 1
     logging.basicConfig(
         level=_LEVELS[loaded.config.log_level],

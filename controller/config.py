@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import (
-    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -80,7 +80,6 @@ NOT_YET_TOP_KEYS = frozenset(
 class _Section(BaseModel):
     model_config = ConfigDict(
         extra="allow",
-        populate_by_name=True,
         alias_generator=to_camel,
         frozen=True,
     )
@@ -157,7 +156,7 @@ class Config(_Section):
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     health_check_timeout: int = 120
     start_port: int = 5800
-    global_ttl: int = Field(0, validation_alias=AliasChoices("globalTTL", "global_ttl"))
+    global_ttl: int = Field(0, alias="globalTTL")
     unload_timeout: int = 10
     log_level: str = "info"
     macros: dict[str, Any] = Field(default_factory=dict)
@@ -197,7 +196,7 @@ class Config(_Section):
             if not key:
                 raise ValueError("empty api key found in apiKeys")
             if any(c.isspace() for c in key):
-                raise ValueError(f"apiKeys[{i}]: an api key cannot contain spaces")
+                raise ValueError(f"key {i} cannot contain spaces")
         return v
 
     @model_validator(mode="after")
@@ -288,7 +287,7 @@ def parse_config(text: str) -> LoadedConfig:
     """Validate config text; see ``load_config``."""
     text = expand_env(text)
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}") from exc
     if raw is None:
@@ -301,6 +300,22 @@ def parse_config(text: str) -> LoadedConfig:
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from exc
     return LoadedConfig(config, tuple(_unknown_key_warnings(config)))
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: only true/false, as llama-swap's
+    yaml.v3 reads them (so ``--flash-attn on`` stays ``on``)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
 
 
 def _describe(exc: ValidationError) -> str:

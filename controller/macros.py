@@ -56,8 +56,8 @@ def _comment_start(line: str) -> int:
         if quote:
             if ch == quote:
                 quote = ""
-        elif ch in "'\"":
-            quote = ch
+        elif ch in "'\"" and line[:i].rstrip()[-1:] in ("", ":", "[", "{", ",", "-"):
+            quote = ch  # only a quote that starts a scalar opens a string
         elif ch == "#" and (i == 0 or line[i - 1] in " \t"):
             return i
     return len(line)
@@ -120,8 +120,10 @@ def _substitute_str(text: str, ordered: list[tuple[str, Scalar]]) -> Any:
     for name, macro in reversed(ordered):
         token = "${" + name + "}"
         if text == token:
-            return macro
-        if token in text:
+            if not isinstance(macro, str):
+                return macro  # typed: an int stays an int
+            text = macro  # and earlier-declared macros still apply to it
+        elif token in text:
             text = text.replace(token, _text(macro))
     return text
 

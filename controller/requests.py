@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from controller.errors import BadRequest
@@ -78,7 +77,7 @@ def _from_json(body: bytes) -> ModelRequest:
 def _require(model: str | None, stream: bool, kind: str, where: str) -> ModelRequest:
     if not model or not model.strip():
         raise BadRequest(f"no model named: the request needs {where}")
-    return ModelRequest(model.strip(), stream, kind)
+    return ModelRequest(model, stream, kind)
 
 
 def rewrite_model(
@@ -86,9 +85,7 @@ def rewrite_model(
 ) -> tuple[bytes, str | None]:
     """The body (and, for GET, the new query string) with the model replaced."""
     if req.kind == "json":
-        data: dict[str, Any] = json.loads(body)
-        data["model"] = new
-        return json.dumps(data, ensure_ascii=False).encode(), None
+        return replace_json_field(body, "model", new), None
     if req.kind == "multipart":
         return replace_multipart_field(content_type, body, "model", new), None
     if req.kind == "form":
@@ -97,6 +94,47 @@ def rewrite_model(
             [(k, new if k == "model" else v) for k, v in form]
         ).encode(), None
     return body, urlencode({**query, "model": new})
+
+
+def replace_json_field(body: bytes, key: str, value: str) -> bytes:
+    """Replace one top-level string field's value, leaving every other byte as is.
+
+    Re-serialising would change numbers, escapes and spacing the upstream may
+    care about (llama-swap edits in place too, with sjson).
+    """
+    text = body.decode("utf-8")
+    start, end = _top_level_value_span(text, key)
+    return (text[:start] + json.dumps(value, ensure_ascii=False) + text[end:]).encode()
+
+
+def _skip_ws(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\n\r":
+        pos += 1
+    return pos
+
+
+def _top_level_value_span(text: str, key: str) -> tuple[int, int]:
+    """Where the value of ``key`` in a top-level JSON object starts and ends.
+
+    The last occurrence wins, as in json.loads. The text is known to parse.
+    """
+    span = (-1, -1)
+    pos = _skip_ws(text, _skip_ws(text, 0) + 1)  # past "{"
+    while pos < len(text) and text[pos] == '"':
+        name, pos = _DECODER.raw_decode(text, pos)
+        value_start = _skip_ws(text, _skip_ws(text, pos) + 1)  # past ":"
+        _, value_end = _DECODER.raw_decode(text, value_start)
+        if name == key:
+            span = (value_start, value_end)
+        pos = _skip_ws(text, value_end)
+        if pos < len(text) and text[pos] == ",":
+            pos = _skip_ws(text, pos + 1)
+    if span[0] < 0:
+        raise BadRequest(f"no top-level '{key}' field to rewrite")
+    return span
+
+
+_DECODER = json.JSONDecoder()
 
 
 # -- multipart, just enough to read and replace small text fields ------------------

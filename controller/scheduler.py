@@ -78,6 +78,7 @@ class EvictionPolicy(Protocol):
 class _Swap:
     evict: frozenset[str]
     waiters: list[Ticket]
+    doomed: bool = False
 
 
 class Scheduler:
@@ -115,8 +116,8 @@ class Scheduler:
     def release(self, ticket: Ticket) -> None:
         """The request finished, failed or its client left. Idempotent."""
         state, ticket.state = ticket.state, TicketState.DONE
-        if state is TicketState.DONE:
-            return
+        if state in (TicketState.DONE, TicketState.NEW):
+            return  # never admitted (429, shutting down), or already released
         self._reserved[ticket.model] -= 1
         if state is TicketState.QUEUED:
             self._queue.remove(ticket)
@@ -139,18 +140,29 @@ class Scheduler:
 
     def unload(self, models: Set[str]) -> None:
         """Fail the requests waiting for ``models`` (they are being unloaded)."""
-        for ticket in [t for t in self._queue if t.model in models]:
-            self._queue.remove(ticket)
-            self._reject(ticket, ModelUnloaded(f"model {ticket.model} was unloaded"))
-        for target in models & self._swaps.keys():
-            waiters, self._swaps[target].waiters = self._swaps[target].waiters, []
-            for ticket in waiters:
-                self._reject(ticket, ModelUnloaded(f"model {target} was unloaded"))
+        self._fail_waiting(models, lambda m: ModelUnloaded(f"model {m} was unloaded"))
 
     def shutdown(self) -> None:
         """Refuse new requests and fail every waiting one."""
         self._closed = True
-        self.unload(set(self._reserved))
+        self._fail_waiting(
+            set(self._reserved), lambda m: ShuttingDown("swapvisor is shutting down")
+        )
+
+    def _fail_waiting(
+        self, models: Set[str], error: Callable[[str], ControllerError]
+    ) -> None:
+        for ticket in [t for t in self._queue if t.model in models]:
+            self._queue.remove(ticket)
+            self._reject(ticket, error(ticket.model))
+        for target in models & self._swaps.keys():
+            swap = self._swaps[target]
+            # The start is being aborted: later requests must not join it, they
+            # queue until it is reported done and then start afresh.
+            swap.doomed = True
+            waiters, swap.waiters = swap.waiters, []
+            for ticket in waiters:
+                self._reject(ticket, error(target))
 
     def drain(self) -> None:
         """Re-examine queued requests in order (after any change)."""
@@ -175,6 +187,8 @@ class Scheduler:
         """Serve, join or start a swap; False means the request must wait."""
         target = ticket.model
         if target in self._swaps:
+            if self._swaps[target].doomed:
+                return False
             ticket.state = TicketState.JOINED
             self._swaps[target].waiters.append(ticket)
             return True
