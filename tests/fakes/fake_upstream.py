@@ -30,15 +30,13 @@ import os
 import re
 import signal
 import struct
-import subprocess
 import sys
 import threading
 import time
-import uuid
-from dataclasses import dataclass, field
+from collections import deque
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 from urllib.parse import parse_qsl, urlsplit
 
 if TYPE_CHECKING:
@@ -47,30 +45,101 @@ if TYPE_CHECKING:
 
 JSONDict = dict[str, Any]
 
-_PRINT_LOCK = threading.Lock()
 _WORD_RE = re.compile(r"\s*\S+")
+JSON_ENDPOINTS = frozenset(
+    {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+    }
+)
+
+
+class LogWriter:
+    """Writes log lines from a background thread, flushing after each batch.
+
+    Request handlers only enqueue, so a test that stops reading our stdout
+    pipe cannot stall request handling once the pipe buffer is full.
+    """
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.pending: deque[tuple[bool, str]] = deque()
+        self.busy = False
+        threading.Thread(target=self.run, name="log-writer", daemon=True).start()
+
+    def put(self, line: str, err: bool) -> None:
+        with self.cond:
+            self.pending.append((err, line))
+            self.cond.notify_all()
+
+    def run(self) -> None:
+        while True:
+            with self.cond:
+                self.cond.wait_for(lambda: bool(self.pending))
+                batch = list(self.pending)
+                self.pending.clear()
+                self.busy = True
+            for err, line in batch:
+                stream = sys.stderr if err else sys.stdout
+                try:
+                    stream.write(line + "\n")
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass  # closed or broken pipe: nobody is listening
+            with self.cond:
+                self.busy = False
+                self.cond.notify_all()
+
+    def drain(self, timeout: float = 0.5) -> None:
+        """Wait (bounded) until every queued line has been written."""
+        with self.cond:
+            self.cond.wait_for(lambda: not self.pending and not self.busy, timeout)
+
+
+_LOG: LogWriter | None = None
 
 
 def log(line: str, *, err: bool = False) -> None:
-    """Print one line and flush at once (tests read our output line by line)."""
-    with _PRINT_LOCK:
-        print(line, file=sys.stderr if err else sys.stdout, flush=True)
+    """Print one line, flushed (tests read our output line by line)."""
+    global _LOG
+    if _LOG is None:
+        _LOG = LogWriter()
+    _LOG.put(line, err)
 
 
-@dataclass
+def exit_now(code: int) -> NoReturn:
+    """Flush queued log lines (bounded wait), then exit without cleanup."""
+    if _LOG is not None:
+        _LOG.drain()
+    os._exit(code)
+
+
 class Config:
     """Process-wide settings taken from the command line."""
 
-    host: str
-    port: int
-    model: str
-    health_delay: float = 0.0
-    fail_health: bool = False
-    hang_health: bool = False
-    crash_after: int | None = None
-    ready_at: float = 0.0
-    post_count: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        model: str,
+        health_delay: float,
+        fail_health: bool,
+        hang_health: bool,
+        crash_after: int | None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.model = model
+        self.health_delay = health_delay
+        self.fail_health = fail_health
+        self.hang_health = hang_health
+        self.crash_after = crash_after
+        self.ready_at = 0.0
+        self.post_count = 0
+        self.lock = threading.Lock()
 
     def count_post(self) -> int:
         with self.lock:
@@ -396,17 +465,22 @@ class FakeHandler(BaseHTTPRequestHandler):
         n = cfg.count_post()
         if cfg.crash_after is not None and n >= cfg.crash_after:
             log(f"crash-after: request {n}, exiting with code 7")
-            os._exit(7)
+            exit_now(7)
 
+        anthropic = path.startswith("/v1/messages")
         body: JSONDict = {}
-        if self.body[:1] in (b"{", b" ", b"\n", b"\t", b"\r"):
+        if self.body.strip():
             try:
                 parsed = json.loads(self.body)
             except ValueError:
                 parsed = None
             if isinstance(parsed, dict):
                 body = parsed
-        anthropic = path.startswith("/v1/messages")
+            elif path in JSON_ENDPOINTS:
+                self.send_error_json(
+                    400, "request body is not a JSON object", anthropic
+                )
+                return
 
         delay = body.get("fake_delay")
         if isinstance(delay, int | float) and delay > 0:
@@ -423,7 +497,7 @@ class FakeHandler(BaseHTTPRequestHandler):
         )
         if body.get("fake_crash_midstream") and not (streaming and streams_here):
             log("fake_crash_midstream: exiting with code 9")
-            os._exit(9)
+            exit_now(9)
 
         if path == "/v1/chat/completions":
             self.handle_chat(body)
@@ -550,7 +624,7 @@ class FakeHandler(BaseHTTPRequestHandler):
     def crash_midstream(self) -> None:
         self.wfile.flush()
         log("fake_crash_midstream: exiting with code 9")
-        os._exit(9)
+        exit_now(9)
 
     @staticmethod
     def timings(prompt_n: int, predicted_n: int) -> JSONDict:
@@ -581,7 +655,7 @@ class FakeHandler(BaseHTTPRequestHandler):
         pieces = self.reply_pieces(body)
         prompt_n = count_tokens(messages_texts(body))
         completion_n = len(pieces)
-        cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        cid = f"chatcmpl-{os.urandom(12).hex()}"
         created = now()
         if not body.get("stream"):
             self.send_json(
@@ -655,7 +729,7 @@ class FakeHandler(BaseHTTPRequestHandler):
         else:
             prompt_n = count_tokens([str(prompt or "")])
         completion_n = len(pieces)
-        cid = f"cmpl-{uuid.uuid4().hex[:24]}"
+        cid = f"cmpl-{os.urandom(12).hex()}"
         created = now()
 
         def obj(choices: list[JSONDict]) -> JSONDict:
@@ -730,7 +804,7 @@ class FakeHandler(BaseHTTPRequestHandler):
         pieces = self.reply_pieces(body)
         input_n = count_tokens(messages_texts(body))
         output_n = len(pieces)
-        mid = f"msg_{uuid.uuid4().hex[:24]}"
+        mid = f"msg_{os.urandom(12).hex()}"
         if not body.get("stream"):
             self.send_json(
                 200,
@@ -883,7 +957,7 @@ def install_signal_handlers(ignore_sigterm: bool) -> None:
     def on_term(signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         log(f"got {name}, exiting")
-        os._exit(0)
+        exit_now(0)
 
     def on_term_ignored(signum: int, frame: FrameType | None) -> None:
         log("ignoring SIGTERM")
@@ -900,7 +974,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.exit_on_start is not None:
         log(f"fake-upstream starting model={args.model} pid={pid}")
         log("fatal: simulated startup failure", err=True)
-        sys.exit(int(args.exit_on_start))
+        exit_now(int(args.exit_on_start))
 
     if args.exit_after is not None:
         exit_after = float(args.exit_after)
@@ -908,11 +982,13 @@ def main(argv: list[str] | None = None) -> int:
         def exit_later() -> None:
             time.sleep(exit_after)
             log(f"exit-after {exit_after}s reached, exiting with code 3")
-            os._exit(3)
+            exit_now(3)
 
         threading.Thread(target=exit_later, name="exit-after", daemon=True).start()
 
     if args.spawn_child:
+        import subprocess  # only here: keeps the usual startup fast
+
         child = subprocess.Popen(
             [sys.executable, "-c", "import time; time.sleep(3600)"],
             stdin=subprocess.DEVNULL,
@@ -935,7 +1011,7 @@ def main(argv: list[str] | None = None) -> int:
         server = FakeServer(cfg)
     except OSError as exc:
         log(f"fatal: cannot listen on {cfg.host}:{cfg.port}: {exc}", err=True)
-        return 1
+        exit_now(1)
     cfg.ready_at = time.monotonic() + cfg.health_delay
     host, port = server.server_address[:2]
     host_str = host.decode() if isinstance(host, bytes) else str(host)
