@@ -1,67 +1,50 @@
-"""The aiohttp application: routes, auth, error rendering, lifecycle.
+"""The aiohttp application: the route table, auth, error rendering, lifecycle.
 
-Handlers parse requests and stream bytes; every lifecycle decision is the
-Router's. Errors are raised as ``ControllerError`` and rendered once here, in
-the client's own shape.
+Handlers live in ``controller.inference`` (model-dispatched requests) and
+``controller.admin`` (operator endpoints). Errors are raised as
+``ControllerError`` and rendered once here, in the client's own shape.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hmac
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import hdrs, web
 
-from controller import __version__
-from controller.config import Config
-from controller.errors import (
-    SRC,
-    ControllerError,
-    ModelNotFound,
-    NotFound,
-    anthropic_body,
-    openai_body,
-)
-from controller.proxy import (
-    MidStreamError,
-    Proxy,
-    anthropic_sse_error,
-    openai_sse_error,
-)
-from controller.requests import read_model, rewrite_model
-from controller.router import Router
-from controller.routes import GET_ENDPOINTS, POST_ENDPOINTS, is_anthropic, upstream_path
+from controller import admin
+from controller.errors import SRC, ControllerError, anthropic_body, openai_body
+from controller.inference import RUNTIME, inference, upstream_passthrough
+from controller.routes import GET_ENDPOINTS, POST_ENDPOINTS, is_anthropic
+from controller.runtime import Runtime
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from backends.base import Backend
+    from controller.config import Config
 
 log = logging.getLogger("swapvisor.http")
-
-ROUTER = web.AppKey("router", Router)
-PROXY = web.AppKey("proxy", Proxy)
-CONFIG = web.AppKey("config", Config)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Requests carry audio files and base64 images; llama-swap sets no limit.
 MAX_BODY_BYTES = 1 << 30
-_OPEN_PATHS = frozenset({"/health"})
-_OPENAI_MID_STREAM = MidStreamError(openai_sse_error)
-_ANTHROPIC_MID_STREAM = MidStreamError(anthropic_sse_error)
+_OPEN_PATHS = frozenset({"/health", "/wol-health", "/favicon.ico"})
+_CORS_DEFAULT_HEADERS = "Content-Type, Authorization, Accept, X-Requested-With"
 
 
 def create_app(config: Config, backend: Backend) -> web.Application:
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
-        middlewares=[error_middleware, auth_middleware],
+        middlewares=[cors_middleware, error_middleware, auth_middleware],
     )
-    app[CONFIG] = config
-    app[ROUTER] = Router(config, backend)
-    app[PROXY] = Proxy()
+    app[RUNTIME] = Runtime(config, backend)
+    app.on_startup.append(_start_preload)
     app.on_shutdown.append(_refuse_waiting)
     app.cleanup_ctx.append(_lifecycle)
     _add_routes(app.router)
@@ -73,32 +56,80 @@ def _add_routes(r: web.UrlDispatcher) -> None:
         r.add_post(path, inference)
     for path in GET_ENDPOINTS:
         r.add_get(path, inference)
-    r.add_get("/v1/models", list_models)
-    r.add_get("/models", list_models)
-    r.add_get("/running", running)
-    r.add_post("/api/models/unload", unload_all)
-    r.add_post("/api/models/unload/{model:.+}", unload_one)
-    r.add_get("/unload", unload_all_text)
-    r.add_get("/health", health)
-    r.add_get("/", root)
-    r.add_get("/ui", ui)
-    r.add_get("/ui/{tail:.*}", ui)
+    r.add_get("/v1/models", admin.list_models)
+    r.add_get("/models", admin.list_models)
+    r.add_get("/running", admin.running)
+    r.add_post("/api/models/unload", admin.unload_all)
+    r.add_post("/api/models/unload/{model:.+}", admin.unload_one)
+    r.add_get("/unload", admin.unload_all_text)
+    r.add_get("/api/profiles", admin.get_profiles)
+    r.add_put("/api/profiles/active", admin.put_active_profile)
+    r.add_get("/api/version", admin.version)
+    r.add_get("/health", admin.health)
+    r.add_get("/wol-health", admin.health)
+    r.add_get("/", admin.root)
+    r.add_get("/ui", admin.ui)
+    r.add_get("/ui/{tail:.*}", admin.ui)
     r.add_route("*", "/upstream/{tail:.*}", upstream_passthrough)
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     yield
-    await app[ROUTER].aclose()
-    await app[PROXY].aclose()
+    await app[RUNTIME].aclose()
+
+
+PRELOAD = web.AppKey("preload", asyncio.Task[None])
+
+
+async def _start_preload(app: web.Application) -> None:
+    app[PRELOAD] = asyncio.create_task(preload(app[RUNTIME]))
+
+
+async def preload(rt: Runtime) -> None:
+    """hooks.on_startup.preload: load each listed model in turn."""
+    for name in rt.config.hooks.on_startup.preload:
+        model_id = rt.config.resolve(name.strip())
+        if model_id is None:
+            continue  # warned about at config load
+        try:
+            async with rt.router.lease(model_id):
+                log.info("preloaded %s", model_id)
+        except ControllerError as exc:
+            log.warning("preload of %s failed: %s", model_id, exc.message)
 
 
 async def _refuse_waiting(app: web.Application) -> None:
     # Requests still waiting for a model get a 503 now rather than hanging
     # until the shutdown timeout; requests being served may finish.
-    app[ROUTER].scheduler.shutdown()
+    app[PRELOAD].cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await app[PRELOAD]
+    app[RUNTIME].router.scheduler.shutdown()
 
 
 # -- middlewares ---------------------------------------------------------------------
+
+
+@web.middleware
+async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Preflight answered for every path, before auth (as llama-swap)."""
+    if request.method != hdrs.METH_OPTIONS:
+        return await handler(request)
+    wanted = request.headers.get(hdrs.ACCESS_CONTROL_REQUEST_HEADERS, "")
+    allowed = ", ".join(h.strip() for h in wanted.split(",") if _is_token(h.strip()))
+    return web.Response(
+        status=204,
+        headers={
+            hdrs.ACCESS_CONTROL_ALLOW_ORIGIN: "*",
+            hdrs.ACCESS_CONTROL_ALLOW_METHODS: "GET, POST, PUT, PATCH, DELETE, OPTIONS",
+            hdrs.ACCESS_CONTROL_ALLOW_HEADERS: allowed or _CORS_DEFAULT_HEADERS,
+            hdrs.ACCESS_CONTROL_MAX_AGE: "86400",
+        },
+    )
+
+
+def _is_token(name: str) -> bool:
+    return bool(name) and all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in name)
 
 
 @web.middleware
@@ -119,10 +150,10 @@ async def error_middleware(
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    keys = request.app[CONFIG].api_keys
-    if not keys or request.path in _OPEN_PATHS or request.method == hdrs.METH_OPTIONS:
+    keys = request.app[RUNTIME].config.api_keys
+    if not keys or request.path in _OPEN_PATHS:
         return await handler(request)
-    if request.path == "/" and request.method == hdrs.METH_GET:
+    if request.method == hdrs.METH_GET and request.path in ("/", "/upstream"):
         return await handler(request)
     offered = _offered_key(request)
     if offered is None or not any(
@@ -131,7 +162,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         response = render_error(
             request, 401, "unauthorized: invalid or missing API key", None, None
         )
-        response.headers["WWW-Authenticate"] = f'Basic realm="{SRC}"'
+        response.headers[hdrs.WWW_AUTHENTICATE] = f'Basic realm="{SRC}"'
         return response
     return await handler(request)
 
@@ -175,185 +206,3 @@ def render_error(
     if retry_after is not None:
         response.headers[hdrs.RETRY_AFTER] = str(retry_after)
     return response
-
-
-# -- inference -------------------------------------------------------------------------
-
-
-async def inference(request: web.Request) -> web.StreamResponse:
-    config = request.app[CONFIG]
-    body = await request.read()
-    content_type = request.headers.get(hdrs.CONTENT_TYPE, "")
-    query = dict(request.query)
-    wanted = read_model(request.method, content_type, query, body)
-    model_id = _resolve(config, wanted.model)
-    query_string = request.query_string
-    rename = config.models[model_id].use_model_name
-    if rename:
-        body, new_query = rewrite_model(wanted, content_type, query, body, rename)
-        query_string = new_query if new_query is not None else query_string
-    target = upstream_path(request.path)
-    mid_stream = (
-        _ANTHROPIC_MID_STREAM if is_anthropic(request.path) else _OPENAI_MID_STREAM
-    )
-    async with request.app[ROUTER].lease(model_id) as upstream:
-        url = upstream.base_url.rstrip("/") + target
-        if query_string:
-            url += "?" + query_string
-        return await request.app[PROXY].forward(
-            request,
-            url,
-            body or None,
-            mid_stream,
-            lambda: upstream.exit_reason(1.0),
-            strip_client_keys=bool(config.api_keys),
-        )
-
-
-def _resolve(config: Config, name: str) -> str:
-    model_id = config.resolve(name)
-    if model_id is None:
-        listed = [m for m, c in sorted(config.models.items()) if not c.unlisted]
-        raise ModelNotFound(
-            f"model '{name}' not found; available models: {', '.join(listed) or 'none'}"
-        )
-    return model_id
-
-
-async def upstream_passthrough(request: web.Request) -> web.StreamResponse:
-    """``/upstream/<model>/<path>``: straight to that model's server (§2.6)."""
-    config = request.app[CONFIG]
-    raw = request.raw_path[len("/upstream/") :]
-    raw_path, sep, raw_query = raw.partition("?")
-    model_id, rest = _split_upstream_path(config, raw_path)
-    if not rest:
-        location = f"/upstream/{raw_path}/" + (f"?{raw_query}" if sep else "")
-        if request.method in (hdrs.METH_GET, hdrs.METH_HEAD):
-            raise web.HTTPMovedPermanently(location)
-        raise web.HTTPPermanentRedirect(location)
-    body = request.content.iter_any() if request.body_exists else None
-    async with request.app[ROUTER].lease(model_id) as upstream:
-        url = upstream.base_url.rstrip("/") + rest + (f"?{raw_query}" if sep else "")
-        return await request.app[PROXY].forward(
-            request,
-            url,
-            body,
-            _OPENAI_MID_STREAM,
-            lambda: upstream.exit_reason(1.0),
-            strip_client_keys=bool(config.api_keys),
-        )
-
-
-def _split_upstream_path(config: Config, raw_path: str) -> tuple[str, str]:
-    """The longest leading run of segments naming a model, and the rest."""
-    segments = raw_path.split("/")
-    for n in range(len(segments), 0, -1):
-        name = unquote("/".join(segments[:n]))
-        model_id = config.resolve(name)
-        if model_id is not None:
-            rest = "/".join(segments[n:])
-            return model_id, ("/" + rest) if n < len(segments) else ""
-    raise NotFound(f"model not found: no configured model matches /upstream/{raw_path}")
-
-
-# -- models and lifecycle endpoints ----------------------------------------------------
-
-
-async def list_models(request: web.Request) -> web.Response:
-    config = request.app[CONFIG]
-    router = request.app[ROUTER]
-    now = int(time.time())
-    data = [
-        _model_record(mid, config, router.upstreams[mid].running, now)
-        for mid in sorted(config.models)
-        if not config.models[mid].unlisted
-    ]
-    response = web.json_response({"object": "list", "data": data})
-    origin = request.headers.get(hdrs.ORIGIN)
-    if origin:
-        response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
-    return response
-
-
-def _model_record(mid: str, config: Config, loaded: bool, now: int) -> dict[str, Any]:
-    model = config.models[mid]
-    llamaswap: dict[str, Any] = {"type": "model"}
-    if model.aliases:
-        llamaswap["aliases"] = list(model.aliases)
-    record: dict[str, Any] = {
-        "id": mid,
-        "object": "model",
-        "created": now,
-        "owned_by": SRC,
-    }
-    if model.name.strip():
-        record["name"] = model.name.strip()
-    if model.description:
-        record["description"] = model.description
-    record["meta"] = {"llamaswap": llamaswap}
-    record["status"] = {"value": "loaded" if loaded else "unloaded"}
-    return record
-
-
-async def running(request: web.Request) -> web.Response:
-    config = request.app[CONFIG]
-    out = []
-    for mid, upstream in sorted(request.app[ROUTER].upstreams.items()):
-        if not upstream.running:
-            continue
-        model = config.models[mid]
-        out.append(
-            {
-                "model": mid,
-                "state": upstream.state.value,
-                "cmd": model.cmd,
-                "proxy": model.proxy,
-                "ttl": int(config.ttl_s(mid)),
-                "name": model.name,
-                "description": model.description,
-                "in_flight": upstream.in_flight,
-            }
-        )
-    return web.json_response({"running": out})
-
-
-async def unload_all(request: web.Request) -> web.Response:
-    await request.app[ROUTER].unload()
-    return web.json_response({"msg": "ok"})
-
-
-async def unload_all_text(request: web.Request) -> web.Response:
-    await request.app[ROUTER].unload()
-    return web.Response(text="OK")
-
-
-async def unload_one(request: web.Request) -> web.Response:
-    name = request.match_info["model"]
-    model_id = request.app[CONFIG].resolve(name)
-    if model_id is None:
-        raise NotFound(f"model not found: {name}")
-    await request.app[ROUTER].unload({model_id})
-    return web.Response(text="OK")
-
-
-async def health(request: web.Request) -> web.Response:
-    return web.Response(text="OK")
-
-
-async def root(request: web.Request) -> web.Response:
-    raise web.HTTPFound("/ui")
-
-
-async def ui(request: web.Request) -> web.Response:
-    """A placeholder page until the web UI lands: what is loaded, and links."""
-    router = request.app[ROUTER]
-    rows = "".join(
-        f"<li><code>{mid}</code>: {u.state.value}</li>"
-        for mid, u in sorted(router.upstreams.items())
-    )
-    html = (
-        f"<!doctype html><title>swapvisor</title><h1>swapvisor {__version__}</h1>"
-        f"<ul>{rows}</ul><p><a href='/v1/models'>/v1/models</a> · "
-        "<a href='/running'>/running</a></p>"
-    )
-    return web.Response(text=html, content_type="text/html")

@@ -13,6 +13,7 @@ import logging
 import re
 import shlex
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from backends.base import LaunchSpec
+from controller.crosscheck import crosscheck
 from controller.errors import ConfigError
 from controller.macros import (
     expand_env,
@@ -35,6 +37,20 @@ from controller.macros import (
     strip_cmd_comments,
     substitute,
     validate_macros,
+)
+from controller.sections import (
+    Capabilities,
+    Compat,
+    Filters,
+    GroupConfig,
+    Hooks,
+    MatrixConfig,
+    PeerConfig,
+    ProfileConfig,
+    Routing,
+    SelectorConfig,
+    Timeouts,
+    UpstreamSettings,
 )
 
 if TYPE_CHECKING:
@@ -50,9 +66,6 @@ DEFAULT_PROXY = "http://127.0.0.1:${PORT}"
 
 # llama-swap keys that later swapvisor work implements; accepted with a warning
 # that says they are not applied yet (rather than an "unknown key" warning).
-NOT_YET_MODEL_KEYS = frozenset(
-    {"sendLoadingState", "filters", "metadata", "timeouts", "compat", "capabilities"}
-)
 NOT_YET_TOP_KEYS = frozenset(
     {
         "logTimeFormat",
@@ -63,16 +76,6 @@ NOT_YET_TOP_KEYS = frozenset(
         "store",
         "ui",
         "performance",
-        "sendLoadingState",
-        "includeAliasesInList",
-        "peers",
-        "upstream",
-        "profiles",
-        "selectors",
-        "hooks",
-        "routing",
-        "groups",
-        "matrix",
     }
 )
 
@@ -102,6 +105,12 @@ class ModelConfig(_Section):
     unlisted: bool = False
     concurrency_limit: int = 0
     macros: dict[str, Any] = Field(default_factory=dict)
+    send_loading_state: bool | None = None
+    filters: Filters = Field(default_factory=Filters)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    capabilities: Capabilities = Field(default_factory=Capabilities)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    compat: Compat = Field(default_factory=Compat)
     # swapvisor extension: a per-model start deadline in seconds, with no 15 s
     # floor, so a small model that hangs fails fast.
     health_check_timeout: float | None = None
@@ -161,6 +170,29 @@ class Config(_Section):
     log_level: str = "info"
     macros: dict[str, Any] = Field(default_factory=dict)
     api_keys: list[str] = Field(default_factory=list)
+    send_loading_state: bool = False
+    include_aliases_in_list: bool = False
+    hooks: Hooks = Field(default_factory=Hooks)
+    upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
+    routing: Routing = Field(default_factory=Routing)
+    groups: dict[str, GroupConfig] = Field(default_factory=dict)  # legacy spelling
+    matrix: MatrixConfig | None = None  # legacy spelling
+    peers: dict[str, PeerConfig] = Field(default_factory=dict)
+    profiles: dict[str, ProfileConfig] = Field(default_factory=dict)
+    selectors: dict[str, SelectorConfig] = Field(default_factory=dict)
+
+    @field_validator("profiles", mode="before")
+    @classmethod
+    def _profiles_shape(cls, v: Any) -> Any:
+        for name, profile in (v or {}).items():
+            if not str(name).strip():
+                raise ValueError("profile names cannot be empty")
+            if isinstance(profile, list):
+                raise ValueError(
+                    f"{name}: profile must be a mapping with description and pins; "
+                    "the legacy list syntax is no longer supported"
+                )
+        return v
 
     @field_validator("global_ttl")
     @classmethod
@@ -200,16 +232,8 @@ class Config(_Section):
         return v
 
     @model_validator(mode="after")
-    def _aliases_unique(self) -> Config:
-        owner: dict[str, str] = {}
-        for mid, model in sorted(self.models.items()):
-            for alias in model.aliases:
-                if alias in owner:
-                    raise ValueError(
-                        f"duplicate alias {alias} found in model: {mid} "
-                        f"(already an alias of {owner[alias]})"
-                    )
-                owner[alias] = mid
+    def _crosscheck(self) -> Config:
+        crosscheck(self)
         return self
 
     # -- derived views -------------------------------------------------------
@@ -219,13 +243,48 @@ class Config(_Section):
         return float(max(self.health_check_timeout, MIN_HEALTH_CHECK_TIMEOUT))
 
     def resolve(self, name: str) -> str | None:
-        """The model id that ``name`` (an id or alias) designates, if any."""
+        """The model id that ``name`` (an id, alias or setParamsByID key) names."""
         if name in self.models:
             return name
-        for mid, model in self.models.items():
-            if name in model.aliases:
-                return mid
-        return None
+        return self._alias_map.get(name)
+
+    def alias_owner(self, name: str) -> str | None:
+        return self._alias_map.get(name)
+
+    @cached_property
+    def _alias_map(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for mid, model in sorted(self.models.items()):
+            for alias in model.aliases:
+                out.setdefault(alias, mid)
+            for key in model.filters.set_params_by_id:
+                if key != mid:
+                    out.setdefault(key, mid)
+        return out
+
+    def peer_of(self, name: str) -> tuple[str, str] | None:
+        """(peer id, peer model) for ``peer/model`` or a bare name unique to a peer."""
+        pid, sep, model = name.partition("/")
+        if sep and pid in self.peers and model in self.peers[pid].models:
+            return pid, model
+        owners = [p for p, peer in sorted(self.peers.items()) if name in peer.models]
+        return (owners[0], name) if len(owners) == 1 else None
+
+    def routing_engine(
+        self,
+    ) -> tuple[str, dict[str, GroupConfig], MatrixConfig | None]:
+        """The active swap engine: ("group", groups, None) or ("matrix", {}, m)."""
+        block = self.routing.router
+        if self.matrix is not None:
+            return "matrix", {}, self.matrix
+        if self.groups:
+            return "group", self.groups, None
+        if block.use == "matrix":
+            return "matrix", {}, block.settings.matrix
+        return "group", block.settings.groups, None
+
+    def priority(self, model_id: str) -> int:
+        return self.routing.scheduler.settings.fifo.priority.get(model_id, 0)
 
     def ttl_s(self, model_id: str) -> float:
         ttl = self.models[model_id].ttl
@@ -384,9 +443,11 @@ def _expand_model(
     scope: dict[str, Any] = {"MODEL_ID": mid, **global_macros}
     scope.update(local)
     model = {k: v if k == "macros" else substitute(v, scope) for k, v in model.items()}
+    _substitute_by_id_keys(mid, model, scope)
     cmd = model.get("cmd")
     if isinstance(cmd, str) and "${PORT}" in cmd:
         model = substitute(model, {"PORT": next_port})
+        _substitute_by_id_keys(mid, model, {"PORT": next_port})
         next_port += 1
     elif isinstance(model.get("proxy"), str) and "${PORT}" in model["proxy"]:
         raise ConfigError(
@@ -397,7 +458,38 @@ def _expand_model(
     return model, next_port
 
 
+def _substitute_by_id_keys(
+    mid: str, model: dict[str, Any], scope: dict[str, Any]
+) -> None:
+    """setParamsByID keys are the one place where map keys get macros."""
+    filters = model.get("filters")
+    if not isinstance(filters, dict) or not isinstance(
+        by_id := filters.get("setParamsByID"), dict
+    ):
+        return
+    out: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for key, value in by_id.items():
+        new = str(substitute(str(key), scope))
+        if new in out:
+            raise ConfigError(
+                f'model {mid} filters.setParamsByID: keys "{origin[new]}" '
+                f'and "{key}" resolve to the same value'
+            )
+        out[new], origin[new] = value, str(key)
+    model["filters"] = {**filters, "setParamsByID": out}
+
+
 def _check_model_leftovers(mid: str, model: dict[str, Any]) -> None:
+    filters = model.get("filters")
+    by_id = filters.get("setParamsByID") if isinstance(filters, dict) else None
+    for key in by_id if isinstance(by_id, dict) else ():
+        names = leftover_macros(str(key))
+        if names:
+            raise ConfigError(
+                f"unknown macro '${{{names[0]}}}' found in model {mid} "
+                "filters.setParamsByID key"
+            )
     for key, value in model.items():
         if key == "macros":
             continue
@@ -448,12 +540,21 @@ def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
 
 def _unknown_key_warnings(config: Config) -> Iterator[str]:
     yield from _extras(config, "", NOT_YET_TOP_KEYS)
-    for mid, model in config.models.items():
-        yield from _extras(model, f"models.{mid}.", NOT_YET_MODEL_KEYS)
+    preload = config.hooks.on_startup.preload
+    for i, name in enumerate(preload):
+        if config.resolve(name.strip()) is None:
+            yield (
+                f"hooks.on_startup.preload[{i}]: {name!r} is not a local model; "
+                "it will not be preloaded"
+            )
 
 
-def _extras(section: BaseModel, prefix: str, not_yet: frozenset[str]) -> Iterator[str]:
-    known = [f.alias or name for name, f in type(section).model_fields.items()]
+def _extras(
+    section: BaseModel, prefix: str, not_yet: frozenset[str] = frozenset()
+) -> Iterator[str]:
+    """Unknown keys of ``section`` and, recursively, of every section inside it."""
+    fields = type(section).model_fields
+    known = [f.alias or name for name, f in fields.items()]
     for key in section.model_extra or {}:
         if key in not_yet:
             yield f"{prefix}{key}: not supported by swapvisor yet; ignored"
@@ -461,3 +562,16 @@ def _extras(section: BaseModel, prefix: str, not_yet: frozenset[str]) -> Iterato
         hint = difflib.get_close_matches(key, known, n=1)
         suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
         yield f"{prefix}{key}: unknown key, ignored{suggestion}"
+    for name, info in fields.items():
+        yield from _nested_extras(
+            getattr(section, name), f"{prefix}{info.alias or name}."
+        )
+
+
+def _nested_extras(value: Any, prefix: str) -> Iterator[str]:
+    if isinstance(value, BaseModel):
+        yield from _extras(value, prefix)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, BaseModel):
+                yield from _extras(item, f"{prefix}{key}.")

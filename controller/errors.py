@@ -8,6 +8,7 @@ client's own shape (OpenAI-style on most routes, Anthropic's on /v1/messages)::
     ├── BadRequest                         400  invalid JSON, no model named
     ├── ModelNotFound                      404  unknown model id or alias
     ├── NotFound                           404  unknown path or resource
+    ├── Conflict                           409  this path may not load a model
     ├── Overloaded                         429  concurrencyLimit reached
     ├── UpstreamError                      502  upstream died or dropped the connection
     ├── UpstreamStartError                 503  failed to start (exited, bad cmd)
@@ -144,3 +145,10 @@ def anthropic_body(status: int, message: str) -> bytes:
     )
     body = {"type": "error", "error": {"type": etype, "message": message}, "src": SRC}
     return json.dumps(body).encode()
+
+
+class Conflict(ControllerError):
+    """The request may not load a model (ignored paths and websockets)."""
+
+    status = 409
+    code = "model_not_loaded"

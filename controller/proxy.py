@@ -2,20 +2,22 @@
 
 Bytes pass through untouched (no decompression, no re-encoding) and each chunk
 is written as soon as it arrives, so SSE is never buffered. The request body is
-sent as given unless a rewrite needed a new one.
+sent as given unless a rewrite needed a new one. Websocket upgrades are relayed
+frame by frame.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import aiohttp
-from aiohttp import web
+from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 
-from controller.errors import UpstreamError
+from controller.errors import SRC, UpstreamError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
@@ -33,32 +35,49 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-_DROP_REQUEST = HOP_BY_HOP | {"host", "content-length"}
+DROP_REQUEST = HOP_BY_HOP | {"host", "content-length"}
 _DROP_RESPONSE = HOP_BY_HOP | {"content-length"}
 # swapvisor's own API keys are not the upstream's business.
-_CLIENT_KEYS = frozenset({"authorization", "x-api-key"})
+CLIENT_KEYS = frozenset({"authorization", "x-api-key"})
+_WS_HEADERS = frozenset(
+    {
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+    }
+)
 
 
-@dataclass(frozen=True, slots=True)
-class MidStreamError:
-    """How to tell a client that the upstream died after the headers were sent."""
-
-    sse_event: Callable[[str], bytes]
-
-
-def openai_sse_error(message: str) -> bytes:
+def openai_sse_error(message: str, code: str = "upstream_error") -> bytes:
     # The openai SDK raises APIError on a data event whose JSON has "error".
     body = {
-        "error": {"message": message, "type": "server_error", "code": "upstream_error"},
-        "src": "swapvisor",
+        "error": {"message": message, "type": "server_error", "code": code},
+        "src": SRC,
     }
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
-def anthropic_sse_error(message: str) -> bytes:
+def anthropic_sse_error(message: str, code: str = "upstream_error") -> bytes:
     # The anthropic SDK raises on an "error" event.
     body = {"type": "error", "error": {"type": "api_error", "message": message}}
     return b"event: error\ndata: " + json.dumps(body).encode() + b"\n\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where and how to forward one request."""
+
+    url: str
+    sse_error: Callable[[str], bytes] = openai_sse_error
+    # Explains a dropped connection (e.g. the process's exit code), if known.
+    on_dropped: Callable[[], Awaitable[str | None]] | None = None
+    drop_headers: frozenset[str] = DROP_REQUEST
+    set_headers: Mapping[str, str] = field(default_factory=dict)
+    forwarded_for: bool = True
+    connect_timeout_s: float | None = None
+    header_timeout_s: float | None = None
+    label: str = "upstream"
 
 
 class Proxy:
@@ -67,7 +86,7 @@ class Proxy:
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
 
-    def _client(self) -> aiohttp.ClientSession:
+    def client(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
@@ -80,68 +99,79 @@ class Proxy:
     async def forward(
         self,
         request: web.Request,
-        url: str,
+        route: Route,
         body: bytes | AsyncIterable[bytes] | None,
-        on_mid_stream: MidStreamError,
-        on_dropped: Callable[[], Awaitable[str | None]] | None = None,
-        *,
-        strip_client_keys: bool = False,
+        into: web.StreamResponse | None = None,
     ) -> web.StreamResponse:
-        """Send the request to ``url`` and stream the response to the client.
+        """Send the request to ``route.url`` and stream the response back.
 
-        Raises UpstreamError (502) if the upstream fails before answering.
+        With ``into``, an SSE response already sent to the client (a loading
+        stream), the upstream's body is appended to it. Raises UpstreamError
+        (502) if the upstream fails before answering.
         """
-        headers = _request_headers(request, body, strip_client_keys)
+        upstream = await self._open(request, route, body)
+        async with upstream:
+            if into is not None:
+                return await _append(upstream, into, route)
+            return await _relay(request, upstream, route)
+
+    async def _open(
+        self,
+        request: web.Request,
+        route: Route,
+        body: bytes | AsyncIterable[bytes] | None,
+    ) -> aiohttp.ClientResponse:
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=route.connect_timeout_s
+        )
         try:
-            upstream = await self._client().request(
-                request.method,
-                url,
-                headers=headers,
-                data=body,
-                allow_redirects=False,
+            async with asyncio.timeout(route.header_timeout_s):
+                return await self.client().request(
+                    request.method,
+                    route.url,
+                    headers=request_headers(request, route, body),
+                    data=body,
+                    allow_redirects=False,
+                    timeout=timeout,
+                )
+        except TimeoutError as exc:
+            raise UpstreamError(
+                f"{route.label} {route.url} sent no response headers within "
+                f"{route.header_timeout_s:g} s"
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError(
+                f"{route.label} {route.url} did not answer: {_describe(exc)}"
+                + await _why(route)
+            ) from exc
+
+    async def websocket(
+        self, request: web.Request, route: Route
+    ) -> web.WebSocketResponse:
+        """Relay a websocket session frame by frame in both directions."""
+        headers = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() not in DROP_REQUEST | _WS_HEADERS | route.drop_headers
+        }
+        protocols = [
+            p.strip()
+            for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+            if p.strip()
+        ]
+        try:
+            upstream = await self.client().ws_connect(
+                route.url, headers=headers, protocols=protocols, autoping=False
             )
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(
-                f"upstream {url} did not answer: {_describe(exc)}"
-                + await _why(on_dropped)
+                f"{route.label} websocket {route.url} failed: {_describe(exc)}"
             ) from exc
+        client = web.WebSocketResponse(protocols=protocols, autoping=False)
+        await client.prepare(request)
         async with upstream:
-            return await self._relay(request, upstream, on_mid_stream, on_dropped)
-
-    async def _relay(
-        self,
-        request: web.Request,
-        upstream: aiohttp.ClientResponse,
-        on_mid_stream: MidStreamError,
-        on_dropped: Callable[[], Awaitable[str | None]] | None,
-    ) -> web.StreamResponse:
-        response = web.StreamResponse(
-            status=upstream.status,
-            reason=upstream.reason,
-            headers=_response_headers(upstream.headers),
-        )
-        is_sse = upstream.content_type == "text/event-stream"
-        if is_sse:
-            response.headers["X-Accel-Buffering"] = "no"
-        if upstream.content_length is not None and not is_sse:
-            response.content_length = upstream.content_length
-        await response.prepare(request)
-        try:
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-        except (aiohttp.ClientError, OSError) as exc:
-            message = (
-                f"upstream connection lost mid-response: {_describe(exc)}"
-                + await _why(on_dropped)
-            )
-            if not is_sse:
-                # A truncated body must not look complete: drop the connection.
-                if request.transport is not None:
-                    request.transport.close()
-                raise UpstreamError(message) from exc
-            await response.write(on_mid_stream.sse_event(message))
-        await response.write_eof()
-        return response
+            await asyncio.gather(_pump_ws(client, upstream), _pump_ws(upstream, client))
+        return client
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -149,10 +179,83 @@ class Proxy:
             self._session = None
 
 
-async def _why(on_dropped: Callable[[], Awaitable[str | None]] | None) -> str:
-    if on_dropped is None:
+async def _pump_ws(
+    src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+) -> None:
+    async for msg in src:
+        if msg.type is WSMsgType.TEXT:
+            await dst.send_str(msg.data)
+        elif msg.type is WSMsgType.BINARY:
+            await dst.send_bytes(msg.data)
+        elif msg.type is WSMsgType.PING:
+            await dst.ping(msg.data)
+        elif msg.type is WSMsgType.PONG:
+            await dst.pong(msg.data)
+    await dst.close()
+
+
+async def _relay(
+    request: web.Request, upstream: aiohttp.ClientResponse, route: Route
+) -> web.StreamResponse:
+    response = web.StreamResponse(
+        status=upstream.status,
+        reason=upstream.reason,
+        headers=_response_headers(upstream.headers),
+    )
+    is_sse = upstream.content_type == "text/event-stream"
+    if is_sse:
+        response.headers["X-Accel-Buffering"] = "no"
+    if upstream.content_length is not None and not is_sse:
+        response.content_length = upstream.content_length
+    await response.prepare(request)
+    try:
+        async for chunk in upstream.content.iter_any():
+            await response.write(chunk)
+    except (aiohttp.ClientError, OSError) as exc:
+        message = (
+            f"{route.label} connection lost mid-response: {_describe(exc)}"
+            + await _why(route)
+        )
+        if not is_sse:
+            # A truncated body must not look complete: drop the connection.
+            if request.transport is not None:
+                request.transport.close()
+            raise UpstreamError(message) from exc
+        await response.write(route.sse_error(message))
+    await response.write_eof()
+    return response
+
+
+async def _append(
+    upstream: aiohttp.ClientResponse, into: web.StreamResponse, route: Route
+) -> web.StreamResponse:
+    """Continue an already-started SSE response with the upstream's stream."""
+    if upstream.status != 200 or upstream.content_type != "text/event-stream":
+        # Headers are gone: say it inside the stream, well-formed.
+        text = (await upstream.read()).decode("utf-8", "replace")
+        await into.write(
+            route.sse_error(f"{route.label} answered {upstream.status}: {text[:2000]}")
+        )
+    else:
+        try:
+            async for chunk in upstream.content.iter_any():
+                await into.write(chunk)
+        except (aiohttp.ClientError, OSError) as exc:
+            await into.write(
+                route.sse_error(
+                    f"{route.label} connection lost mid-response: {_describe(exc)}"
+                    + await _why(route)
+                )
+            )
+    await into.write_eof()
+    return into
+
+
+async def _why(route: Route) -> str:
+    if route.on_dropped is None:
         return ""
-    reason = await on_dropped()
+    reason = await route.on_dropped()
     return f"; the upstream process ended: {reason}" if reason else ""
 
 
@@ -161,23 +264,24 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _request_headers(
-    request: web.Request,
-    body: bytes | AsyncIterable[bytes] | None,
-    strip_client_keys: bool,
+def request_headers(
+    request: web.Request, route: Route, body: bytes | AsyncIterable[bytes] | None
 ) -> CIMultiDict[str]:
-    drop = _DROP_REQUEST | _CLIENT_KEYS if strip_client_keys else _DROP_REQUEST
     headers = CIMultiDict(
-        (k, v) for k, v in request.headers.items() if k.lower() not in drop
+        (k, v)
+        for k, v in request.headers.items()
+        if k.lower() not in route.drop_headers
     )
     if body is not None and not isinstance(body, bytes | bytearray):
         # A streamed body keeps the client's length rather than going chunked.
         if request.content_length is not None:
             headers["Content-Length"] = str(request.content_length)
-    peer = request.remote
-    if peer:
+    if route.forwarded_for and request.remote:
         prior = request.headers.get("X-Forwarded-For")
-        headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
+        headers["X-Forwarded-For"] = (
+            f"{prior}, {request.remote}" if prior else request.remote
+        )
+    headers.update(route.set_headers)
     return headers
 
 

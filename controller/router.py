@@ -28,6 +28,32 @@ if TYPE_CHECKING:
 log = logging.getLogger("swapvisor.router")
 
 
+class Admission:
+    """One admitted request: await ``granted()``, always ``release()``."""
+
+    def __init__(
+        self, router: Router, ticket: Ticket, granted: asyncio.Future[Upstream]
+    ) -> None:
+        self.ticket = ticket
+        self._router = router
+        self._granted = granted
+
+    @property
+    def ready_now(self) -> bool:
+        """Granted at admission: the model was ready and nothing had to move."""
+        return self._granted.done() and not self._granted.cancelled()
+
+    def position(self) -> int | None:
+        """1-based place in the queue, or None when not queued (advisory)."""
+        return self._router.scheduler.position(self.ticket)
+
+    async def granted(self) -> Upstream:
+        return await self._granted
+
+    def release(self) -> None:
+        self._router._release(self.ticket)
+
+
 class Router:
     def __init__(self, config: Config, backend: Backend) -> None:
         self.config = config
@@ -48,24 +74,43 @@ class Router:
         self.scheduler = Scheduler(
             self, GroupPolicy([], config.models), config.concurrency_limit
         )
-        self._grants: dict[int, asyncio.Future[None]] = {}
+        self._grants: dict[int, asyncio.Future[Upstream]] = {}
+        self._serving: dict[int, Upstream] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- what handlers use ------------------------------------------------------------
 
-    @asynccontextmanager
-    async def lease(self, model_id: str, priority: int = 0) -> AsyncIterator[Upstream]:
-        """Hold a grant to proxy one request to ``model_id``'s ready server."""
+    def admit(self, model_id: str, priority: int | None = None) -> Admission:
+        """Admit one request for ``model_id`` or raise (Overloaded, ShuttingDown).
+
+        The caller must ``release()`` the admission however the request ends.
+        """
+        if priority is None:
+            priority = self.config.priority(model_id)
         ticket = Ticket(model_id, priority)
-        granted = asyncio.get_running_loop().create_future()
+        granted: asyncio.Future[Upstream] = asyncio.get_running_loop().create_future()
         self._grants[ticket.id] = granted
         try:
             self.scheduler.submit(ticket)
-            await granted
-            yield self.upstreams[model_id]
-        finally:
+        except BaseException:
             self._grants.pop(ticket.id, None)
-            self.scheduler.release(ticket)
+            raise
+        return Admission(self, ticket, granted)
+
+    @asynccontextmanager
+    async def lease(
+        self, model_id: str, priority: int | None = None
+    ) -> AsyncIterator[Upstream]:
+        """Hold a grant to proxy one request to ``model_id``'s ready server."""
+        admission = self.admit(model_id, priority)
+        try:
+            yield await admission.granted()
+        finally:
+            admission.release()
+
+    def _release(self, ticket: Ticket) -> None:
+        self._grants.pop(ticket.id, None)
+        self.scheduler.release(ticket)
 
     async def unload(self, model_ids: Set[str] | None = None) -> None:
         """Stop these models (all when None), failing requests waiting for them."""
@@ -85,6 +130,10 @@ class Router:
 
     # -- Effects (called synchronously by the scheduler) ----------------------
 
+    def state_of(self, model_id: str) -> UpstreamState:
+        """Advisory: for choosing and reporting, never for deciding a start."""
+        return self.upstreams[model_id].state
+
     def running(self) -> Set[str]:
         return {m for m, u in self.upstreams.items() if u.running}
 
@@ -97,10 +146,14 @@ class Router:
         task.add_done_callback(self._tasks.discard)
 
     def grant(self, ticket: Ticket) -> None:
-        self.upstreams[ticket.model].acquire()
+        upstream = self.upstreams[ticket.model]
+        upstream.acquire()
+        # Remembered so the release reaches this Upstream even if a config
+        # reload has put a new one under the same id meanwhile.
+        self._serving[ticket.id] = upstream
         granted = self._grants.get(ticket.id)
         if granted is not None and not granted.done():
-            granted.set_result(None)
+            granted.set_result(upstream)
 
     def reject(self, ticket: Ticket, error: ControllerError) -> None:
         granted = self._grants.get(ticket.id)
@@ -108,7 +161,7 @@ class Router:
             granted.set_exception(error)
 
     def finished(self, ticket: Ticket) -> None:
-        self.upstreams[ticket.model].release()
+        self._serving.pop(ticket.id).release()
 
     # -- internals ------------------------------------------------------------------
 

@@ -175,6 +175,11 @@ class Scheduler:
     def queued(self) -> list[Ticket]:
         return list(self._queue)
 
+    def position(self, ticket: Ticket) -> int | None:
+        if ticket.state is not TicketState.QUEUED:
+            return None
+        return self._queue.index(ticket) + 1
+
     def in_flight(self, model: str) -> int:
         return self._serving[model]
 

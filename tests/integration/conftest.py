@@ -11,7 +11,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from backends.native import NativeBackend
-from controller.app import ROUTER, create_app
+from controller.app import create_app
+from controller.inference import RUNTIME
 from controller.config import parse_config
 from tests.conftest import free_port
 
@@ -44,7 +45,7 @@ async def make_app() -> AsyncIterator[MakeApp]:
         client = TestClient(server)
         await client.start_server()
         clients.append(client)
-        return Running(client, app[ROUTER])
+        return Running(client, app[RUNTIME].router)
 
     yield make
     for client in clients:

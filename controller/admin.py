@@ -1,0 +1,128 @@
+"""Operator endpoints: the model list, what is running, unloading, profiles,
+health. Everything here reads state or asks the Router; nothing proxies."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from aiohttp import hdrs, web
+
+from controller import __version__
+from controller.errors import BadRequest, NotFound
+from controller.inference import RUNTIME
+from controller.listing import model_records
+
+
+async def list_models(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    records = model_records(
+        rt.config,
+        lambda m: rt.router.upstreams[m].running,
+        int(time.time()),
+        rt.profiles.pins(),
+    )
+    response = web.json_response({"object": "list", "data": records})
+    origin = request.headers.get(hdrs.ORIGIN)
+    if origin:
+        response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
+    return response
+
+
+async def running(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    out = []
+    for mid, upstream in sorted(rt.router.upstreams.items()):
+        if not upstream.running:
+            continue
+        model = rt.config.models[mid]
+        out.append(
+            {
+                "model": mid,
+                "state": upstream.state.value,
+                "cmd": model.cmd,
+                "proxy": model.proxy,
+                "ttl": int(rt.config.ttl_s(mid)),
+                "name": model.name,
+                "description": model.description,
+                "in_flight": upstream.in_flight,
+            }
+        )
+    return web.json_response({"running": out})
+
+
+async def unload_all(request: web.Request) -> web.Response:
+    await request.app[RUNTIME].router.unload()
+    return web.json_response({"msg": "ok"})
+
+
+async def unload_all_text(request: web.Request) -> web.Response:
+    await request.app[RUNTIME].router.unload()
+    return web.Response(text="OK")
+
+
+async def unload_one(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    name = request.match_info["model"]
+    model_id = rt.config.resolve(name)
+    if model_id is None:
+        raise NotFound(f"model not found: {name}")
+    await rt.router.unload({model_id})
+    return web.Response(text="OK")
+
+
+async def get_profiles(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    profiles = [
+        {
+            "id": pid,
+            "description": p.description,
+            "pins": {k: v or "" for k, v in p.pins.items()},
+        }
+        for pid, p in sorted(rt.config.profiles.items())
+    ]
+    return web.json_response({"active": rt.profiles.active, "profiles": profiles})
+
+
+async def put_active_profile(request: web.Request) -> web.Response:
+    try:
+        data = json.loads(await request.read())
+    except ValueError as exc:
+        raise BadRequest("invalid profile request") from exc
+    if not isinstance(data, dict) or "name" not in data:
+        raise BadRequest("profile name is required")
+    name = data["name"]
+    if name is not None and not isinstance(name, str):
+        raise BadRequest("profile name must be a string or null")
+    rt = request.app[RUNTIME]
+    if name is not None and name not in rt.config.profiles:
+        raise NotFound(f'profile "{name}" not found')
+    rt.profiles.set_active(name)
+    return web.json_response({"active": rt.profiles.active})
+
+
+async def version(request: web.Request) -> web.Response:
+    return web.json_response({"version": __version__, "commit": "", "build_date": ""})
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.Response(text="OK")
+
+
+async def root(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/ui")
+
+
+async def ui(request: web.Request) -> web.Response:
+    """A placeholder page until the web UI lands: what is loaded, and links."""
+    rt = request.app[RUNTIME]
+    rows = "".join(
+        f"<li><code>{mid}</code>: {u.state.value}</li>"
+        for mid, u in sorted(rt.router.upstreams.items())
+    )
+    html = (
+        f"<!doctype html><title>swapvisor</title><h1>swapvisor {__version__}</h1>"
+        f"<ul>{rows}</ul><p><a href='/v1/models'>/v1/models</a> · "
+        "<a href='/running'>/running</a></p>"
+    )
+    return web.Response(text=html, content_type="text/html")

@@ -1,0 +1,231 @@
+"""Rules that span config sections (llama-swap.md §1.5, §1.9, §1.10), checked
+once at load so a mistake is named before anything starts.
+
+Stricter than llama-swap where it is vague: unknown group members fail at load
+(llama-swap fails later, at server construction).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from controller.config import Config
+    from controller.matrix import MatrixPolicy
+
+
+def crosscheck(config: Config) -> None:
+    """Raise ValueError naming the first inconsistency."""
+    _aliases(config)
+    _routing(config)
+    _priority(config)
+    _peers(config)
+    _selectors(config)
+    _profiles(config)
+
+
+def _aliases(config: Config) -> None:
+    owner: dict[str, str] = {}
+    for mid, model in sorted(config.models.items()):
+        for alias in model.aliases:
+            if alias in owner:
+                raise ValueError(
+                    f"duplicate alias {alias} found in model: {mid} "
+                    f"(already an alias of {owner[alias]})"
+                )
+            owner[alias] = mid
+    for mid, model in sorted(config.models.items()):
+        for key in model.filters.set_params_by_id:
+            if key == mid:
+                continue
+            if key in config.models:
+                raise ValueError(
+                    f"model {mid} filters.setParamsByID: key '{key}' conflicts with "
+                    "an existing model ID"
+                )
+            if key in owner and owner[key] != mid:
+                raise ValueError(
+                    f"duplicate alias '{key}' in model {mid} filters.setParamsByID, "
+                    f"already used by model {owner[key]}"
+                )
+            owner[key] = mid
+
+
+def _routing(config: Config) -> None:
+    block = config.routing.router
+    legacy = bool(config.groups) or config.matrix is not None
+    modern = bool(block.use or block.settings.groups or block.settings.matrix)
+    if legacy and modern:
+        raise ValueError(
+            "config uses both the legacy top-level 'matrix'/'groups' keys and the new "
+            "'routing.router' block; please migrate the top-level keys into "
+            "'routing.router' and remove them"
+        )
+    if config.groups and config.matrix is not None:
+        raise ValueError("config cannot use both 'groups' and 'matrix'")
+    if block.use not in ("", "group", "matrix"):
+        raise ValueError(
+            f'routing.router.use: unknown router "{block.use}" (valid: group, matrix)'
+        )
+    if block.use == "matrix" and block.settings.matrix is None:
+        raise ValueError(
+            "routing.router.use is 'matrix' but "
+            "routing.router.settings.matrix is not set"
+        )
+    engine, groups, matrix = config.routing_engine()
+    if engine == "matrix":
+        assert matrix is not None
+        matrix_policy(config)  # raises ConfigError naming the set
+        return
+    member_of: dict[str, str] = {}
+    for gid, group in groups.items():
+        for member in group.members:
+            if member not in config.models:
+                raise ValueError(
+                    f"group {gid}: member {member} is not a configured "
+                    "model (members must be model IDs, not aliases)"
+                )
+            if member in member_of:
+                raise ValueError(
+                    f"model member {member} is used in multiple groups: "
+                    f"{member_of[member]} and {gid}"
+                )
+            member_of[member] = gid
+
+
+def matrix_policy(config: Config) -> MatrixPolicy:
+    from controller.matrix import policy_from_config
+
+    engine, _, matrix = config.routing_engine()
+    assert engine == "matrix" and matrix is not None
+    return policy_from_config(matrix, list(config.models))
+
+
+def _priority(config: Config) -> None:
+    for name in config.routing.scheduler.settings.fifo.priority:
+        if config.resolve(name) is None:
+            raise ValueError(
+                "routing.scheduler.settings.fifo.priority references "
+                f'unknown model "{name}"'
+            )
+
+
+def _peers(config: Config) -> None:
+    qualified: dict[str, str] = {}
+    for pid, peer in sorted(config.peers.items()):
+        for model in peer.models:
+            fqn = f"{pid}/{model}"
+            if fqn in qualified:
+                raise ValueError(
+                    f'peer model name "{fqn}" is ambiguous between '
+                    f'{qualified[fqn]} and peers.{pid} model "{model}"'
+                )
+            qualified[fqn] = f'peers.{pid} model "{model}"'
+    for fqn in qualified:
+        if fqn in config.models:
+            raise ValueError(
+                f'model ID "{fqn}" conflicts with fully qualified peer model name'
+            )
+        owner = config.alias_owner(fqn)
+        if owner is not None:
+            raise ValueError(
+                f'model {owner} alias "{fqn}" conflicts with fully '
+                "qualified peer model name"
+            )
+        if fqn in config.selectors:
+            raise ValueError(
+                f'selector ID "{fqn}" conflicts with fully qualified peer model name'
+            )
+
+
+def _selectors(config: Config) -> None:
+    for sid, sel in config.selectors.items():
+        if sid in config.models:
+            raise ValueError(f'selectors.{sid}: name conflicts with model ID "{sid}"')
+        if config.alias_owner(sid) is not None:
+            raise ValueError(
+                f'selectors.{sid}: name conflicts with model alias "{sid}"'
+            )
+        resolved: list[str] = []
+        for i, target in enumerate(sel.targets):
+            if target in config.selectors:
+                raise ValueError(
+                    f"selectors.{sid}.targets[{i}] references selector "
+                    f'"{target}": selector chaining is not supported'
+                )
+            local = config.resolve(target)
+            if local is None and config.peer_of(target) is None:
+                raise ValueError(
+                    f'selectors.{sid}.targets[{i}] references unknown model "{target}"'
+                )
+            if sel.strategy == "warm" and local is None:
+                raise ValueError(
+                    f"selectors.{sid}.targets[{i}] must resolve to a local "
+                    'model for strategy "warm"'
+                )
+            resolved.append(local or target)
+        if sel.strategy == "spillover":
+            _spillover(config, sid, resolved)
+
+
+def _spillover(config: Config, sid: str, resolved: list[str]) -> None:
+    if len(set(resolved)) != len(resolved):
+        dup = next(r for r in resolved if resolved.count(r) > 1)
+        raise ValueError(
+            f'selectors.{sid}.targets contains duplicate resolved model "{dup}"'
+        )
+    local = [r for r in resolved if r in config.models]
+    if len(local) < 2:
+        return
+    engine, groups, matrix = config.routing_engine()
+    if engine == "matrix":
+        assert matrix is not None
+        if not matrix_policy(config).coexist(set(local)):
+            raise ValueError(
+                f"selectors.{sid}.targets must all appear together in one "
+                "expanded matrix set"
+            )
+        return
+    group_of = {m: g for g, cfg in groups.items() for m in cfg.members}
+    for target in local:
+        if target not in group_of:
+            raise ValueError(
+                f'selectors.{sid} target "{target}" is not in a routing group'
+            )
+    if len({group_of[t] for t in local}) != 1:
+        raise ValueError(
+            f"selectors.{sid} spillover targets must share one routing group"
+        )
+    if groups[group_of[local[0]]].swap:
+        raise ValueError(
+            f"selectors.{sid} spillover targets must share a group with swap: false"
+        )
+
+
+def _profiles(config: Config) -> None:
+    for name, profile in config.profiles.items():
+        if not profile.pins:
+            raise ValueError(f"profiles.{name}.pins must contain at least one entry")
+        for key, target in profile.pins.items():
+            if not key.strip():
+                raise ValueError(f"profiles.{name}.pins: pin names cannot be empty")
+            if not target:
+                continue  # an empty pin disables that name
+            known = (
+                config.resolve(target) is not None
+                or target in config.selectors
+                or config.peer_of(target) is not None
+            )
+            if not known:
+                raise ValueError(
+                    f'profiles.{name}.pins.{key} references unknown model "{target}"'
+                )
+            if (
+                "/" in key
+                and config.peer_of(key) is not None
+                and key not in config.models
+            ):
+                raise ValueError(
+                    f'profile {name} pin "{key}" conflicts with fully '
+                    "qualified peer model name"
+                )

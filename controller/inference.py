@@ -1,0 +1,310 @@
+"""Model-dispatched requests: from the client's model name to a proxied answer.
+
+The pipeline is llama-swap's (§2.1): profile pins, then selectors, then the
+model (local id or alias, else a peer), then rewrites and filters, then either
+a local Upstream (through the scheduler) or a peer. Nothing here decides a
+start or a stop; the Router does.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
+
+from aiohttp import hdrs, web
+
+from controller.errors import Conflict, ControllerError, ModelNotFound, NotFound
+from controller.filters import apply_filters
+from controller.loading import LoadingStream
+from controller.proxy import (
+    CLIENT_KEYS,
+    DROP_REQUEST,
+    Route,
+    anthropic_sse_error,
+    openai_sse_error,
+)
+from controller.requests import ModelRequest, read_model, rewrite_model
+from controller.routes import is_anthropic, upstream_path
+from controller.states import UpstreamState
+
+if TYPE_CHECKING:
+    from controller.config import Config, ModelConfig
+    from controller.router import Admission
+    from controller.runtime import Runtime
+    from controller.upstream import Upstream
+
+RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
+
+
+async def inference(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RUNTIME]
+    body = await request.read()
+    wanted = read_model(request.method, _ctype(request), dict(request.query), body)
+    name = rt.profiles.rewrite(wanted.model)
+    choice = rt.selectors.choose(name)
+    try:
+        return await _dispatch(request, rt, wanted, choice.target, body)
+    finally:
+        choice.release()
+
+
+async def _dispatch(
+    request: web.Request, rt: Runtime, wanted: ModelRequest, name: str, body: bytes
+) -> web.StreamResponse:
+    config = rt.config
+    model_id = config.resolve(name)
+    if model_id is not None:
+        return await _local(request, rt, wanted, name, model_id, body)
+    peer = config.peer_of(name)
+    if peer is not None:
+        return await _peer(request, rt, wanted, peer, body)
+    raise model_not_found(config, name)
+
+
+def model_not_found(config: Config, name: str) -> ModelNotFound:
+    listed = [m for m, c in sorted(config.models.items()) if not c.unlisted]
+    listed += [
+        f"{p}/{m}" for p, peer in sorted(config.peers.items()) for m in peer.models
+    ]
+    return ModelNotFound(
+        f"model '{name}' not found; available models: {', '.join(listed) or 'none'}"
+    )
+
+
+# -- local models --------------------------------------------------------------------
+
+
+async def _local(
+    request: web.Request,
+    rt: Runtime,
+    wanted: ModelRequest,
+    name: str,
+    model_id: str,
+    body: bytes,
+) -> web.StreamResponse:
+    model = rt.config.models[model_id]
+    body, query = _rename(request, wanted, body, model.use_model_name or name)
+    if _is_json(request):
+        body = apply_filters(
+            body,
+            use_model_name="",
+            strip=model.filters.strip(),
+            set_params=model.filters.set_params,
+            set_params_by_id=model.filters.set_params_by_id,
+            requested_id=name,
+        )
+    path = upstream_path(request.path) + (f"?{query}" if query else "")
+    admission = rt.router.admit(model_id)
+    try:
+        if (
+            _wants_loading_state(request, rt.config, model, wanted)
+            and not admission.ready_now
+        ):
+            return await _with_loading_state(
+                request, rt, admission, model_id, path, body
+            )
+        upstream = await admission.granted()
+        route = local_route(rt.config, model, upstream, path, request.path)
+        return await rt.proxy.forward(request, route, body or None)
+    finally:
+        admission.release()
+
+
+def local_route(
+    config: Config, model: ModelConfig, upstream: Upstream, path: str, client_path: str
+) -> Route:
+    timeouts = model.timeouts
+    return Route(
+        url=upstream.base_url.rstrip("/") + path,
+        sse_error=anthropic_sse_error
+        if is_anthropic(client_path)
+        else openai_sse_error,
+        on_dropped=lambda: upstream.exit_reason(1.0),
+        drop_headers=DROP_REQUEST | CLIENT_KEYS if config.api_keys else DROP_REQUEST,
+        connect_timeout_s=timeouts.connect or None,
+        header_timeout_s=timeouts.response_header or None,
+    )
+
+
+def _wants_loading_state(
+    request: web.Request, config: Config, model: ModelConfig, wanted: ModelRequest
+) -> bool:
+    enabled = model.send_loading_state
+    if enabled is None:
+        enabled = config.send_loading_state
+    return (
+        enabled
+        and wanted.stream
+        and request.path.startswith(("/v1/chat/completions", "/v/chat/completions"))
+    )
+
+
+async def _with_loading_state(
+    request: web.Request,
+    rt: Runtime,
+    admission: Admission,
+    model_id: str,
+    path: str,
+    body: bytes,
+) -> web.StreamResponse:
+    stream = await LoadingStream.open(request, model_id, admission.position)
+    try:
+        upstream = await admission.granted()
+    except ControllerError as exc:
+        return await stream.fail(openai_sse_error(exc.message, exc.code or "error"))
+    finally:
+        await stream.aclose()
+    await stream.finish()
+    route = local_route(
+        rt.config, rt.config.models[model_id], upstream, path, request.path
+    )
+    return await rt.proxy.forward(request, route, body or None, into=stream.response)
+
+
+# -- peers -----------------------------------------------------------------------------
+
+
+async def _peer(
+    request: web.Request,
+    rt: Runtime,
+    wanted: ModelRequest,
+    peer: tuple[str, str],
+    body: bytes,
+) -> web.StreamResponse:
+    pid, peer_model = peer
+    cfg = rt.config.peers[pid]
+    body, query = _rename(request, wanted, body, peer_model)
+    if _is_json(request):
+        body = apply_filters(
+            body,
+            use_model_name="",
+            strip=cfg.filters.strip(),
+            set_params=cfg.filters.set_params,
+            set_params_by_id={},
+            requested_id=peer_model,
+        )
+    path = upstream_path(request.path) + (f"?{query}" if query else "")
+    return await rt.proxy.forward(
+        request, peer_route(rt.config, pid, path, request.path), body or None
+    )
+
+
+def peer_route(config: Config, pid: str, path: str, client_path: str) -> Route:
+    cfg = config.peers[pid]
+    keys = {"Authorization": f"Bearer {cfg.api_key}", "x-api-key": cfg.api_key}
+    drop = (
+        DROP_REQUEST | CLIENT_KEYS if (config.api_keys or cfg.api_key) else DROP_REQUEST
+    )
+    return Route(
+        url=cfg.proxy.rstrip("/") + path,
+        sse_error=anthropic_sse_error
+        if is_anthropic(client_path)
+        else openai_sse_error,
+        drop_headers=drop,
+        set_headers=keys if cfg.api_key else {},
+        forwarded_for=False,
+        connect_timeout_s=cfg.timeouts.connect or None,
+        header_timeout_s=cfg.timeouts.response_header or None,
+        label=f"peer proxy error: peer {pid}",
+    )
+
+
+# -- rewriting --------------------------------------------------------------
+
+
+def _ctype(request: web.Request) -> str:
+    return request.headers.get(hdrs.CONTENT_TYPE, "")
+
+
+def _is_json(request: web.Request) -> bool:
+    return "application/json" in _ctype(request).lower()
+
+
+def _rename(
+    request: web.Request, wanted: ModelRequest, body: bytes, sent: str
+) -> tuple[bytes, str]:
+    """The body and query string with the model the upstream should see."""
+    if sent == wanted.model:
+        return body, request.query_string
+    body, query = rewrite_model(
+        wanted, _ctype(request), dict(request.query), body, sent
+    )
+    return body, request.query_string if query is None else query
+
+
+# -- /upstream/<model>/<path> -----------------------------------------------
+
+
+async def upstream_passthrough(request: web.Request) -> web.StreamResponse:
+    """Straight to one model's own server (llama-swap.md §2.6)."""
+    rt = request.app[RUNTIME]
+    raw = request.raw_path[len("/upstream/") :]
+    raw_path, sep, raw_query = raw.partition("?")
+    raw_path = rt.profiles.rewrite_path(raw_path)
+    name, rest = _split_upstream_path(rt.config, raw_path)
+    if not rest:
+        location = f"/upstream/{raw_path}/" + (f"?{raw_query}" if sep else "")
+        if request.method in (hdrs.METH_GET, hdrs.METH_HEAD):
+            raise web.HTTPMovedPermanently(location)
+        raise web.HTTPPermanentRedirect(location)
+    path = rest + (f"?{raw_query}" if sep else "")
+    body = request.content.iter_any() if request.body_exists else None
+    model_id = rt.config.resolve(name)
+    if model_id is None:
+        pid = rt.config.peer_of(name)
+        assert pid is not None
+        return await rt.proxy.forward(
+            request, peer_route(rt.config, pid[0], path, rest), body
+        )
+    _refuse_ignored_path(rt, model_id, rest)
+    model = rt.config.models[model_id]
+    if _is_websocket(request):
+        return await _websocket(request, rt, model_id, path)
+    async with rt.router.lease(model_id) as upstream:
+        route = local_route(rt.config, model, upstream, path, rest)
+        return await rt.proxy.forward(request, route, body)
+
+
+def _split_upstream_path(config: Config, raw_path: str) -> tuple[str, str]:
+    """The longest leading run of segments naming a model or peer model."""
+    segments = raw_path.split("/")
+    for n in range(len(segments), 0, -1):
+        name = unquote("/".join(segments[:n]))
+        if config.resolve(name) is not None or config.peer_of(name) is not None:
+            rest = "/".join(segments[n:])
+            return name, ("/" + rest) if n < len(segments) else ""
+    raise NotFound(f"model not found: no configured model matches /upstream/{raw_path}")
+
+
+def _refuse_ignored_path(rt: Runtime, model_id: str, rest: str) -> None:
+    if rt.router.state_of(model_id) is UpstreamState.READY:
+        return
+    if any(p.search(rest) for p in rt.config.upstream.patterns()):
+        raise Conflict(
+            f"model {model_id} is not loaded; path matches upstream.ignorePaths"
+        )
+
+
+def _is_websocket(request: web.Request) -> bool:
+    return request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
+
+
+async def _websocket(
+    request: web.Request, rt: Runtime, model_id: str, path: str
+) -> web.StreamResponse:
+    model = rt.config.models[model_id]
+    if model.compat.ignore_websockets or model_id == "comfyui_auto":
+        # Never loads, never queues, never counts (llama-swap compat).
+        if rt.router.state_of(model_id) is not UpstreamState.READY:
+            raise Conflict(
+                f"model {model_id} is not loaded; ignored websocket "
+                "requests cannot start it"
+            )
+        upstream = rt.router.upstreams[model_id]
+        return await rt.proxy.websocket(
+            request, local_route(rt.config, model, upstream, path, path)
+        )
+    async with rt.router.lease(model_id) as upstream:
+        return await rt.proxy.websocket(
+            request, local_route(rt.config, model, upstream, path, path)
+        )

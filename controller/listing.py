@@ -1,0 +1,155 @@
+"""``/v1/models``: the records llama-swap clients parse (llama-swap.md §5.7).
+
+Local models, their aliases (with ``includeAliasesInList``), selectors, peer
+models and active-profile pins, each with ``meta.llamaswap`` saying what it is.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from controller.errors import SRC
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from controller.config import Config, ModelConfig
+    from controller.sections import Capabilities
+
+# metadata keys the capability renderer owns when capabilities are set
+_RENDERED = ("architecture", "capabilities", "supported_parameters", "context_length")
+
+
+def model_records(
+    config: Config,
+    loaded: Callable[[str], bool],
+    now: int,
+    active_pins: dict[str, str | None] | None = None,
+) -> list[dict[str, Any]]:
+    """Every listed record, sorted by id."""
+    records: list[dict[str, Any]] = []
+    for mid, model in config.models.items():
+        if model.unlisted:
+            continue
+        records.append(local_record(mid, model, loaded(mid), now))
+        if config.include_aliases_in_list:
+            records.extend(
+                _alias_record(alias, mid, model, loaded(mid), now)
+                for alias in model.aliases
+            )
+    for sid, sel in config.selectors.items():
+        if not sel.unlisted:
+            records.append(_selector_record(sid, config, loaded, now))
+    records.extend(
+        _peer_record(pid, name, now)
+        for pid, peer in config.peers.items()
+        for name in dict.fromkeys(peer.models)
+    )
+    taken = {r["id"] for r in records} | set(config.models) | set(config.peers)
+    records.extend(
+        _base(pin, now)
+        | {"meta": {"llamaswap": {"type": "profile"}}, "status": {"value": "unloaded"}}
+        for pin in active_pins or {}
+        if pin and pin not in taken and config.resolve(pin) is None
+    )
+    return sorted(records, key=lambda r: str(r["id"]))
+
+
+def _base(record_id: str, now: int) -> dict[str, Any]:
+    return {"id": record_id, "object": "model", "created": now, "owned_by": SRC}
+
+
+def _status(loaded: bool) -> dict[str, str]:
+    return {"value": "loaded" if loaded else "unloaded"}
+
+
+def local_record(
+    mid: str, model: ModelConfig, loaded: bool, now: int
+) -> dict[str, Any]:
+    record = _base(mid, now)
+    if model.name.strip():
+        record["name"] = model.name.strip()
+    if model.description:
+        record["description"] = model.description
+    meta: dict[str, Any] = dict(model.metadata)
+    caps = model.capabilities
+    if caps.configured:
+        for key in _RENDERED:
+            meta.pop(key, None)
+        record.update(render_capabilities(caps))
+    meta["type"] = "model"
+    if model.aliases:
+        meta["aliases"] = list(model.aliases)
+    record["meta"] = {"llamaswap": meta}
+    if caps.context > 0:
+        record["meta"]["n_ctx"] = caps.context
+    record["status"] = _status(loaded)
+    return record
+
+
+def _alias_record(
+    alias: str, mid: str, model: ModelConfig, loaded: bool, now: int
+) -> dict[str, Any]:
+    record = local_record(mid, model, loaded, now)
+    record["id"] = alias
+    record["meta"]["llamaswap"] = {"type": "alias", "modelID": mid}
+    return record
+
+
+def _selector_record(
+    sid: str, config: Config, loaded: Callable[[str], bool], now: int
+) -> dict[str, Any]:
+    sel = config.selectors[sid]
+    record = _base(sid, now)
+    if sel.name.strip():
+        record["name"] = sel.name.strip()
+    if sel.description:
+        record["description"] = sel.description
+    meta: dict[str, Any] = dict(sel.metadata)
+    meta.update(
+        {"type": "selector", "strategy": sel.strategy, "targets": list(sel.targets)}
+    )
+    if sel.strategy == "spillover":
+        meta["spillover"] = sel.settings.spillover
+    record["meta"] = {"llamaswap": meta}
+    targets = sel.targets[:1] if sel.strategy == "pin" else sel.targets
+    local = [config.resolve(t) for t in targets]
+    record["status"] = _status(any(m is not None and loaded(m) for m in local))
+    return record
+
+
+def _peer_record(pid: str, name: str, now: int) -> dict[str, Any]:
+    record = _base(f"{pid}/{name}", now)
+    record["name"] = f"{pid}: {name}"
+    record["meta"] = {"llamaswap": {"type": "peer", "peerID": pid}}
+    record["status"] = _status(False)
+    return record
+
+
+def render_capabilities(caps: Capabilities) -> dict[str, Any]:
+    """OpenRouter-style fields llama-swap derives from ``capabilities``."""
+    out: dict[str, Any] = {}
+    if caps.in_ or caps.out:
+        arch: dict[str, Any] = {
+            "input_modalities": list(caps.in_),
+            "output_modalities": list(caps.out),
+        }
+        if caps.in_ and caps.out:
+            arch["modality"] = f"{'+'.join(caps.in_)}->{'+'.join(caps.out)}"
+        out["architecture"] = arch
+    flags = {
+        "vision": "image" in caps.in_,
+        "audio_transcriptions": "audio" in caps.in_ and "text" in caps.out,
+        "audio_speech": "text" in caps.in_ and "audio" in caps.out,
+        "image_generation": "text" in caps.in_ and "image" in caps.out,
+        "image_to_image": "image" in caps.in_ and "image" in caps.out,
+        "function_calling": caps.tools,
+        "reranker": caps.reranker,
+    }
+    if any(flags.values()):
+        out["capabilities"] = {k: True for k, v in flags.items() if v}
+    if caps.tools:
+        out["supported_parameters"] = ["tools", "tool_choice"]
+    if caps.context > 0:
+        out["context_length"] = caps.context
+    return out

@@ -1,0 +1,30 @@
+"""Runtime: what the handlers work with, replaced as one piece on a reload.
+
+Holds the config, the router (and through it every Upstream), the proxy's HTTP
+client, the active profile and the selectors' reservations.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from controller.proxy import Proxy
+from controller.router import Router
+from controller.selection import Profiles, Selectors
+
+if TYPE_CHECKING:
+    from backends.base import Backend
+    from controller.config import Config
+
+
+class Runtime:
+    def __init__(self, config: Config, backend: Backend) -> None:
+        self.config = config
+        self.router = Router(config, backend)
+        self.proxy = Proxy()
+        self.profiles = Profiles(config)
+        self.selectors = Selectors(config, self.router.state_of)
+
+    async def aclose(self) -> None:
+        await self.router.aclose()
+        await self.proxy.aclose()

@@ -1,0 +1,246 @@
+"""Typed config sections below the top level: filters, capabilities, timeouts,
+routing, peers, profiles, selectors, hooks (llama-swap.md §1.2–§1.10).
+
+Each section checks only itself; rules that span sections (group members
+exist, names do not collide) live in ``controller.crosscheck``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+# llama-swap's default for upstream.ignorePaths (static assets never load a model).
+DEFAULT_IGNORE_PATHS = (r".*\.(js|json|css|png|gif|jpg|jpeg|ico|txt)$",)
+
+
+class Section(BaseModel):
+    """Base of every config section: camelCase keys, unknown keys kept for warnings."""
+
+    model_config = ConfigDict(extra="allow", alias_generator=to_camel, frozen=True)
+
+
+class Filters(Section):
+    strip_params: str = ""
+    set_params: dict[str, Any] = Field(default_factory=dict)
+    set_params_by_id: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, alias="setParamsByID"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_strip_params(cls, data: Any) -> Any:
+        # The legacy spelling strip_params counts when stripParams is empty.
+        if isinstance(data, dict) and "strip_params" in data:
+            data = dict(data)
+            legacy = data.pop("strip_params")
+            data["stripParams"] = data.get("stripParams") or legacy
+        return data
+
+    def strip(self) -> tuple[str, ...]:
+        keys = {k.strip() for k in self.strip_params.split(",")} - {"", "model"}
+        return tuple(sorted(keys))
+
+    @property
+    def active(self) -> bool:
+        return bool(self.strip() or self.set_params or self.set_params_by_id)
+
+
+class Capabilities(Section):
+    in_: list[str] = Field(default_factory=list, alias="in")
+    out: list[str] = Field(default_factory=list)
+    tools: bool = False
+    reranker: bool = False
+    context: int = 0
+
+    @field_validator("in_", "out")
+    @classmethod
+    def _modalities(cls, v: list[str]) -> list[str]:
+        for item in v:
+            if item not in ("text", "audio", "image"):
+                raise ValueError(
+                    f'invalid modality "{item}", must be one of: text, audio, image'
+                )
+        return v
+
+    @field_validator("context")
+    @classmethod
+    def _context(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("must be >= 0")
+        return v
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.in_ or self.out or self.tools or self.reranker or self.context)
+
+
+class Timeouts(Section):
+    """Upstream HTTP timeouts in seconds; 0 means none."""
+
+    connect: int = 30
+    keepalive: int = 30
+    response_header: int = 0
+    tls_handshake: int = 10
+    expect_continue: int = 1
+    idle_conn: int = 90
+
+
+class Compat(Section):
+    ignore_websockets: bool = False
+
+
+class GroupConfig(Section):
+    swap: bool = True
+    exclusive: bool = True
+    persistent: bool = False
+    members: list[str] = Field(default_factory=list)
+
+    @field_validator("members")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for member in v:
+            if member in seen:
+                raise ValueError(f"duplicate model member {member} found in group")
+            seen.add(member)
+        return v
+
+
+class MatrixConfig(Section):
+    vars: dict[str, str] = Field(default_factory=dict)
+    evict_costs: dict[str, int] = Field(default_factory=dict, alias="evict_costs")
+    sets: dict[str, str] = Field(default_factory=dict)
+
+
+class RouterSettings(Section):
+    groups: dict[str, GroupConfig] = Field(default_factory=dict)
+    matrix: MatrixConfig | None = None
+
+
+class RouterBlock(Section):
+    use: str = ""
+    settings: RouterSettings = Field(default_factory=RouterSettings)
+
+
+class FifoSettings(Section):
+    priority: dict[str, int] = Field(default_factory=dict)
+
+
+class SchedulerSettings(Section):
+    fifo: FifoSettings = Field(default_factory=FifoSettings)
+
+
+class SchedulerBlock(Section):
+    use: str = "fifo"
+    settings: SchedulerSettings = Field(default_factory=SchedulerSettings)
+
+    @field_validator("use")
+    @classmethod
+    def _fifo(cls, v: str) -> str:
+        if v.strip() not in ("", "fifo"):
+            raise ValueError(f'unknown scheduler "{v}" (valid: fifo)')
+        return "fifo"
+
+
+class Routing(Section):
+    router: RouterBlock = Field(default_factory=RouterBlock)
+    scheduler: SchedulerBlock = Field(default_factory=SchedulerBlock)
+
+
+class PeerConfig(Section):
+    proxy: str = ""
+    api_key: str = ""
+    models: list[str] = Field(default_factory=list)
+    filters: Filters = Field(default_factory=Filters)
+    timeouts: Timeouts = Field(default_factory=lambda: Timeouts(responseHeader=60))
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("proxy is required")
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError(
+                f"invalid peer proxy URL ({v}): must be http(s)://host[:port]"
+            )
+        return v
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("peer models can not be empty")
+        return v
+
+
+class ProfileConfig(Section):
+    description: str = Field("", max_length=1024)
+    pins: dict[str, str | None] = Field(default_factory=dict)
+
+
+class SpilloverSettings(Section):
+    spillover: int = 1
+
+    @field_validator("spillover")
+    @classmethod
+    def _at_least_one(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("spillover must be >= 1")
+        return v
+
+
+class SelectorConfig(Section):
+    strategy: str = ""
+    targets: list[str] = Field(default_factory=list)
+    settings: SpilloverSettings = Field(default_factory=SpilloverSettings)
+    name: str = ""
+    description: str = ""
+    unlisted: bool = False
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("strategy is required")
+        if v not in ("warm", "pin", "spillover"):
+            raise ValueError(f'unknown strategy "{v}" (valid: warm, pin, spillover)')
+        return v
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("targets must contain at least one entry")
+        return v
+
+
+class OnStartup(Section):
+    preload: list[str] = Field(default_factory=list)
+
+
+class Hooks(Section):
+    on_startup: OnStartup = Field(default_factory=OnStartup, alias="on_startup")
+
+
+class UpstreamSettings(Section):
+    ignore_paths: list[str] = Field(default_factory=list)
+
+    @field_validator("ignore_paths")
+    @classmethod
+    def _regexes(cls, v: list[str]) -> list[str]:
+        for pattern in v:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f'invalid regular expression "{pattern}": {exc}'
+                ) from exc
+        return v
+
+    def patterns(self) -> tuple[re.Pattern[str], ...]:
+        return tuple(re.compile(p) for p in (self.ignore_paths or DEFAULT_IGNORE_PATHS))
