@@ -38,6 +38,7 @@ from controller.macros import (
     substitute,
     validate_macros,
 )
+from controller.merge import load_sources
 from controller.sections import (
     Capabilities,
     Compat,
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("swapvisor.config")
 
 DEFAULT_CONCURRENCY_LIMIT = 10
+COMFYUI_MODEL = "comfyui_auto"
 MIN_HEALTH_CHECK_TIMEOUT = 15
 # llama-swap's default is http://localhost:${PORT}; 127.0.0.1 avoids a wasted
 # IPv6 connect attempt per request when the server binds IPv4 only.
@@ -298,7 +300,9 @@ class Config(_Section):
         return own if own is not None else self.health_deadline_s
 
     def concurrency_limit(self, model_id: str) -> int:
-        return self.models[model_id].concurrency_limit or DEFAULT_CONCURRENCY_LIMIT
+        limit = self.models[model_id].concurrency_limit or DEFAULT_CONCURRENCY_LIMIT
+        # llama-swap's comfyui_auto backs /comfyui/ and its many websockets.
+        return max(limit, 50) if model_id == COMFYUI_MODEL else limit
 
     def launch_spec(self, model_id: str) -> LaunchSpec:
         m = self.models[model_id]
@@ -331,28 +335,39 @@ class LoadedConfig:
     path: Path | None = None
 
 
-def load_config(path: str | Path) -> LoadedConfig:
-    """Read, expand and validate a config file. Raises ConfigError."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {p}: {exc.strerror or exc}") from exc
-    loaded = parse_config(text)
+def load_config(
+    path: str | Path | None, config_dir: str | Path | None = None
+) -> LoadedConfig:
+    """Read ``--config`` and/or ``--config-dir``, merge, expand and validate.
+
+    Raises ConfigError naming the file or the YAML path.
+    """
+    p = Path(path) if path is not None else None
+    d = Path(config_dir) if config_dir is not None else None
+    raw = load_sources(p, d, expand_env, parse_yaml)
+    loaded = validate(raw)
     return LoadedConfig(loaded.config, loaded.warnings, p)
 
 
 def parse_config(text: str) -> LoadedConfig:
     """Validate config text; see ``load_config``."""
-    text = expand_env(text)
-    try:
-        raw = yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}") from exc
+    raw = parse_yaml(expand_env(text))
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError("the config must be a mapping at the top level")
+    return validate(raw)
+
+
+def parse_yaml(text: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}") from exc
+
+
+def validate(raw: dict[str, Any]) -> LoadedConfig:
+    """Macro-expand and validate one merged YAML document."""
     data = expand_config_macros(raw)
     try:
         config = Config.model_validate(data)

@@ -12,10 +12,11 @@ import logging
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
+from controller.crosscheck import matrix_policy
 from controller.errors import ControllerError, UpstreamStartError
-from controller.eviction import GroupPolicy
+from controller.eviction import Group, GroupPolicy
 from controller.logs import LogBuffer
-from controller.scheduler import Scheduler, Ticket
+from controller.scheduler import EvictionPolicy, Scheduler, Ticket
 from controller.states import UpstreamState
 from controller.upstream import Upstream
 
@@ -26,6 +27,20 @@ if TYPE_CHECKING:
     from controller.config import Config
 
 log = logging.getLogger("swapvisor.router")
+
+
+def build_policy(config: Config) -> EvictionPolicy:
+    """The active swap engine: llama-swap's groups, or the matrix solver."""
+    engine, groups, _ = config.routing_engine()
+    if engine == "matrix":
+        return matrix_policy(config)
+    return GroupPolicy(
+        (
+            Group(gid, frozenset(g.members), g.swap, g.exclusive, g.persistent)
+            for gid, g in groups.items()
+        ),
+        config.models,
+    )
 
 
 class Admission:
@@ -59,21 +74,11 @@ class Router:
         self.config = config
         self.backend = backend
         self.upstreams: dict[str, Upstream] = {
-            mid: Upstream(
-                mid,
-                config.launch_spec(mid),
-                backend,
-                start_deadline_s=config.start_deadline_s(mid),
-                unload_grace_s=config.unload_grace_s(mid),
-                ttl_s=config.ttl_s(mid),
-                on_change=self._on_state_change,
-                logs=LogBuffer(),
-            )
-            for mid in sorted(config.models)
+            mid: self._new_upstream(config, mid) for mid in sorted(config.models)
         }
-        self.scheduler = Scheduler(
-            self, GroupPolicy([], config.models), config.concurrency_limit
-        )
+        # Upstreams a reload removed or changed, still draining their requests.
+        self._retiring: set[asyncio.Task[None]] = set()
+        self.scheduler = Scheduler(self, build_policy(config), config.concurrency_limit)
         self._grants: dict[int, asyncio.Future[Upstream]] = {}
         self._serving: dict[int, Upstream] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -112,6 +117,56 @@ class Router:
         self._grants.pop(ticket.id, None)
         self.scheduler.release(ticket)
 
+    def _new_upstream(self, config: Config, mid: str) -> Upstream:
+        return Upstream(
+            mid,
+            config.launch_spec(mid),
+            self.backend,
+            start_deadline_s=config.start_deadline_s(mid),
+            unload_grace_s=config.unload_grace_s(mid),
+            ttl_s=config.ttl_s(mid),
+            on_change=self._on_state_change,
+            logs=LogBuffer(),
+        )
+
+    def reconfigure(self, config: Config) -> list[str]:
+        """Apply a reloaded config; returns the ids of models that will restart.
+
+        Models whose launch settings are unchanged keep running and keep their
+        requests. Changed and removed ones are stopped once their requests
+        drain; no model starts until they have stopped (they may hold the
+        port, or the GPU memory, the new one needs).
+        """
+        old = self.config
+        upstreams: dict[str, Upstream] = {}
+        retired: list[str] = []
+        for mid in sorted(config.models):
+            current = self.upstreams.get(mid)
+            if current is not None and old.launch_spec(mid) == config.launch_spec(mid):
+                current.update(
+                    ttl_s=config.ttl_s(mid),
+                    unload_grace_s=config.unload_grace_s(mid),
+                    start_deadline_s=config.start_deadline_s(mid),
+                )
+                upstreams[mid] = current
+            else:
+                upstreams[mid] = self._new_upstream(config, mid)
+        for mid, upstream in self.upstreams.items():
+            if upstreams.get(mid) is not upstream:
+                retired.append(mid)
+                self._retire(upstream)
+        self.config = config
+        self.upstreams = upstreams
+        self.scheduler.reconfigure(
+            build_policy(config), config.concurrency_limit, set(config.models)
+        )
+        return retired
+
+    def _retire(self, upstream: Upstream) -> None:
+        task = asyncio.create_task(upstream.retire(), name=f"retire {upstream.id}")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
     async def unload(self, model_ids: Set[str] | None = None) -> None:
         """Stop these models (all when None), failing requests waiting for them."""
         ids = set(self.upstreams) if model_ids is None else set(model_ids)
@@ -123,6 +178,7 @@ class Router:
         """Fail waiting requests, stop every upstream, close the backend."""
         self.scheduler.shutdown()
         await asyncio.gather(*(u.stop() for u in self.upstreams.values()))
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -173,6 +229,8 @@ class Router:
                     "swap: stopping %s to start %s", ", ".join(sorted(evict)), target
                 )
             await asyncio.gather(*(self.upstreams[m].stop() for m in evict))
+            if self._retiring:
+                await asyncio.wait(list(self._retiring))
             await self.upstreams[target].ensure_ready()
         except ControllerError as exc:
             error = exc

@@ -25,6 +25,14 @@ class Runtime:
         self.profiles = Profiles(config)
         self.selectors = Selectors(config, self.router.state_of)
 
+    def reload(self, config: Config) -> list[str]:
+        """Swap in a validated config; returns the models that will restart."""
+        restarting = self.router.reconfigure(config)
+        self.config = config
+        self.profiles = Profiles(config)  # as llama-swap: a reload resets it
+        self.selectors = Selectors(config, self.router.state_of)
+        return restarting
+
     async def aclose(self) -> None:
         await self.router.aclose()
         await self.proxy.aclose()

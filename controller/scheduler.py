@@ -164,6 +164,19 @@ class Scheduler:
             for ticket in waiters:
                 self._reject(ticket, error(target))
 
+    def reconfigure(
+        self, policy: EvictionPolicy, limit: Callable[[str], int], models: Set[str]
+    ) -> None:
+        """A reloaded config: new rules; requests for removed models fail."""
+        self._policy = policy
+        self._limit = limit
+        gone = {t.model for t in self._queue} - set(models)
+        gone |= self._swaps.keys() - set(models)
+        self._fail_waiting(
+            gone, lambda m: ModelUnloaded(f"model {m} was removed from the config")
+        )
+        self.drain()
+
     def drain(self) -> None:
         """Re-examine queued requests in order (after any change)."""
         for ticket in list(self._queue):
@@ -197,7 +210,9 @@ class Scheduler:
             ticket.state = TicketState.JOINED
             self._swaps[target].waiters.append(ticket)
             return True
-        running = set(self._effects.running()) | (self._swaps.keys() - {target})
+        # The target itself is left out: a matrix solver treats a running target
+        # as "evict nothing", which is wrong while that target is still stopping.
+        running = (set(self._effects.running()) | self._swaps.keys()) - {target}
         evict = self._policy.evict(target, running)
         threatened = any(target in s.evict for s in self._swaps.values())
         if not evict and not threatened and self._effects.is_ready(target):

@@ -87,6 +87,8 @@ class Upstream:
         self._log_task: asyncio.Task[None] | None = None
         self._ttl_task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()  # replaced by a fresh one on every change
+        self._idle = asyncio.Event()  # set while no request is in flight
+        self._idle.set()
 
     # -- public contract ----------------------------------------------------------
 
@@ -127,12 +129,30 @@ class Upstream:
     def acquire(self) -> None:
         """A request is being served: hold off the TTL."""
         self.in_flight += 1
+        self._idle.clear()
         self._cancel_ttl()
 
     def release(self) -> None:
         self.in_flight -= 1
         if self.in_flight == 0:
+            self._idle.set()
             self._arm_ttl()
+
+    def update(
+        self, *, ttl_s: float, unload_grace_s: float, start_deadline_s: float
+    ) -> None:
+        """Take settings from a reloaded config that do not need a restart."""
+        self.ttl_s = ttl_s
+        self.unload_grace_s = unload_grace_s
+        self.start_deadline_s = start_deadline_s
+        if self._ttl_task is not None or self.in_flight == 0:
+            self._arm_ttl()
+
+    async def retire(self) -> None:
+        """Removed or changed by a reload: stop once its requests have drained."""
+        self._cancel_ttl()
+        await self._idle.wait()
+        await self.stop()
 
     async def exit_reason(self, wait_s: float) -> str | None:
         """If the server has exited (or does within ``wait_s``), how it ended and

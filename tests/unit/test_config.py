@@ -445,17 +445,20 @@ def test_config_each_unknown_key_is_named() -> None:
     assert [x.split(":")[0] for x in w] == ["foo1", "bar2", "models.m.baz3"]
 
 
-@pytest.mark.parametrize("key", ["groups", "matrix", "peers", "hooks", "routing"])
+@pytest.mark.parametrize("key", ["store", "performance", "logToStdout"])
 def test_config_known_top_level_key_not_supported_yet_warns(key: str) -> None:
     assert warnings_of(f"{key}: {{}}\n") == (
         f"{key}: not supported by swapvisor yet; ignored",
     )
 
 
-@pytest.mark.parametrize("key", ["filters", "metadata", "sendLoadingState"])
-def test_config_known_model_key_not_supported_yet_warns(key: str) -> None:
-    assert warnings_of(ONE + f"    {key}: {{}}\n") == (
-        f"models.m.{key}: not supported by swapvisor yet; ignored",
+def test_config_nested_unknown_keys_are_named() -> None:
+    w = warnings_of(ONE + "    filters: {stripParms: x}\n")
+    assert w == (
+        (
+            "models.m.filters.stripParms: unknown key, ignored (did you mean "
+            "'stripParams'?)"
+        ),
     )
 
 
