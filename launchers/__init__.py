@@ -1,1 +1,4 @@
-"""Small launchers for model servers that ship as Python packages (not controller code)."""
+"""Launchers for model servers that ship as Python packages.
+
+Not controller code: the embedded config.yaml runs them as ``cmd``.
+"""

@@ -40,8 +40,11 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--ctx", type=int, default=2048)
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--alias", default="smollm2-135m")
-    ap.add_argument("--embedding", action="store_true",
-                    help="serve /v1/embeddings (mean pooling) instead of chat")
+    ap.add_argument(
+        "--embedding",
+        action="store_true",
+        help="serve /v1/embeddings (mean pooling) instead of chat",
+    )
     return ap.parse_args()
 
 

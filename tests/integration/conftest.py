@@ -12,8 +12,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from backends.native import NativeBackend
 from controller.app import create_app
-from controller.inference import RUNTIME
 from controller.config import parse_config
+from controller.inference import RUNTIME
 from tests.conftest import free_port
 
 if TYPE_CHECKING:
