@@ -1,0 +1,592 @@
+"""The activity log: one row per metered request (llama-swap.md §5.2).
+
+This module owns the activity row (:class:`ActivityEntry`, llama-swap's
+``ActivityLogEntry`` JSON), its SQLite table, and the two read APIs built on
+it: ``GET /api/metrics/activity`` (:meth:`ActivityStore.query`) and ``GET
+/api/metrics/stats`` (:meth:`ActivityStore.stats`). It knows nothing of HTTP:
+query parameters come in as a mapping of lists, invalid ones raise
+:class:`controller.errors.BadRequest` with llama-swap's texts.
+
+Storage: ``:memory:`` SQLite by default, pruned to ``metricsMaxInMemory`` rows
+after each insert; or the file at ``store.path`` (WAL, ``busy_timeout`` 5000),
+never pruned. Every call is a short local SQLite statement guarded by a lock,
+so an asyncio caller may call it inline or push it to a thread
+(``asyncio.to_thread``); the connection is shared across threads.
+"""
+
+from __future__ import annotations
+
+import calendar
+import errno
+import json
+import math
+import os
+import re
+import sqlite3
+import stat
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from controller.errors import BadRequest
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
+    from controller.usage import UsageResult
+
+__all__ = [
+    "DEFAULT_LIMIT",
+    "DEFAULT_MAX_IN_MEMORY",
+    "SORT_COLUMNS",
+    "ActivityEntry",
+    "ActivityQuery",
+    "ActivityStore",
+    "TokenStats",
+    "format_timestamp",
+    "histogram",
+    "parse_query",
+    "percentile",
+    "total_pages",
+    "validate_store_path",
+]
+
+DEFAULT_LIMIT = 25
+DEFAULT_MAX_IN_MEMORY = 1000
+
+SORT_COLUMNS: dict[str, str] = {
+    "id": "id",
+    "time": "ts_created",
+    "model": "model_id",
+    "req_path": "req_path",
+    "resp_status_code": "resp_status_code",
+    "resp_content_type": "resp_content_type",
+    "cached": "cache_tokens",
+    "prompt": "input_tokens",
+    "generated": "output_tokens",
+    "drafted": "draft_tokens",
+    "prompt_speed": "prompt_per_second",
+    "gen_speed": "tokens_per_second",
+    "duration": "duration_ms",
+}
+"""API sort key -> column. Only these names ever reach SQL."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS activity (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts_created INTEGER NOT NULL,
+    model_id TEXT NOT NULL,
+    req_path TEXT NOT NULL DEFAULT '',
+    resp_content_type TEXT NOT NULL DEFAULT '',
+    resp_status_code INTEGER NOT NULL DEFAULT 0,
+    cache_tokens INTEGER NOT NULL DEFAULT 0,
+    draft_tokens INTEGER NOT NULL DEFAULT 0,
+    draft_acc_tokens INTEGER NOT NULL DEFAULT 0,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    prompt_per_second REAL NOT NULL DEFAULT 0,
+    tokens_per_second REAL NOT NULL DEFAULT 0,
+    duration_ms INTEGER NOT NULL DEFAULT 0,
+    error_msg TEXT NOT NULL DEFAULT '',
+    metadata_json TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS idx_activity_created_id
+    ON activity (ts_created DESC, id DESC);
+CREATE INDEX IF NOT EXISTS idx_activity_model_created_id
+    ON activity (model_id, ts_created DESC, id DESC);
+"""
+
+_INSERT_COLUMNS = (
+    "ts_created, model_id, req_path, resp_content_type, resp_status_code, "
+    "cache_tokens, draft_tokens, draft_acc_tokens, input_tokens, output_tokens, "
+    "prompt_per_second, tokens_per_second, duration_ms, error_msg, metadata_json"
+)
+_COLUMNS = "id, " + _INSERT_COLUMNS
+
+_TOTALS_SQL = (
+    "SELECT COUNT(*), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0),"
+    " COALESCE(SUM(CASE WHEN cache_tokens > 0 THEN cache_tokens ELSE 0 END), 0)"
+    " FROM activity"
+)
+
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d+)?(Z|[+-]\d{2}:\d{2})",
+    re.ASCII,
+)
+_ATOI = re.compile(r"[+-]?\d+", re.ASCII)
+_INT64 = 1 << 63
+
+
+# ------------------------------------------------------------------ rows ---
+
+
+@dataclass(slots=True)
+class TokenStats:
+    """``tokens`` of a row; -1 means unknown (cache, drafts, speeds)."""
+
+    cache_tokens: int = -1
+    draft_tokens: int = -1
+    draft_acc_tokens: int = -1
+    input_tokens: int = 0
+    output_tokens: int = 0
+    prompt_per_second: float = -1.0
+    tokens_per_second: float = -1.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cache_tokens": self.cache_tokens,
+            "draft_tokens": self.draft_tokens,
+            "draft_acc_tokens": self.draft_acc_tokens,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "prompt_per_second": self.prompt_per_second,
+            "tokens_per_second": self.tokens_per_second,
+        }
+
+
+@dataclass(slots=True)
+class ActivityEntry:
+    """One activity row. ``timestamp`` is Unix seconds (a float; stored and
+    shown at second precision). ``id`` is 0 until :meth:`ActivityStore.add`."""
+
+    model: str
+    req_path: str = ""
+    resp_content_type: str = ""
+    resp_status_code: int = 0
+    tokens: TokenStats = field(default_factory=TokenStats)
+    duration_ms: int = 0
+    has_capture: bool = False
+    error_msg: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    id: int = 0
+    timestamp: float = field(default_factory=time.time)
+
+    @classmethod
+    def from_usage(
+        cls,
+        model: str,
+        req_path: str,
+        resp_content_type: str,
+        resp_status_code: int,
+        usage: UsageResult,
+        wall_ms: int,
+        metadata: Mapping[str, str] | None = None,
+    ) -> ActivityEntry:
+        """A row from a :class:`controller.usage.UsageResult` and the wall
+        time since the request reached the metrics layer."""
+        tokens = TokenStats(
+            cache_tokens=usage.cache_tokens,
+            draft_tokens=usage.draft_tokens,
+            draft_acc_tokens=usage.draft_acc_tokens,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            prompt_per_second=usage.prompt_per_second,
+            tokens_per_second=usage.tokens_per_second,
+        )
+        return cls(
+            model=model,
+            req_path=req_path,
+            resp_content_type=resp_content_type,
+            resp_status_code=resp_status_code,
+            tokens=tokens,
+            duration_ms=usage.duration_ms(wall_ms),
+            error_msg=usage.error_msg,
+            metadata=dict(metadata or {}),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """llama-swap's JSON: ``error_msg``/``metadata`` only when non-empty."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "timestamp": format_timestamp(self.timestamp),
+            "model": self.model,
+            "req_path": self.req_path,
+            "resp_content_type": self.resp_content_type,
+            "resp_status_code": self.resp_status_code,
+            "tokens": self.tokens.to_json(),
+            "duration_ms": self.duration_ms,
+            "has_capture": self.has_capture,
+        }
+        if self.error_msg:
+            out["error_msg"] = self.error_msg
+        if self.metadata:
+            out["metadata"] = dict(self.metadata)
+        return out
+
+
+def format_timestamp(ts: float) -> str:
+    """RFC 3339 at second precision in local time, ``Z`` for a zero offset
+    (Go's ``time.Unix(ts, 0)`` marshalled to JSON)."""
+    text = datetime.fromtimestamp(math.floor(ts)).astimezone().isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+# --------------------------------------------------------------- queries ---
+
+
+@dataclass(slots=True)
+class ActivityQuery:
+    """Validated ``/api/metrics/activity`` parameters (times as Unix seconds,
+    ids 0 when unbounded, ``order`` upper-cased for SQL)."""
+
+    models: list[str] = field(default_factory=list)
+    start: int | None = None
+    end: int | None = None
+    min_id: int = 0
+    max_id: int = 0
+    limit: int = DEFAULT_LIMIT
+    page: int = 1
+    sort: str = "id"
+    order: str = "DESC"
+
+
+def _first(params: Mapping[str, Sequence[str]], name: str) -> str:
+    """``url.Values.Get``: the first value, trimmed; "" when absent."""
+    values = params.get(name) or ()
+    return values[0].strip() if values else ""
+
+
+def _atoi(raw: str) -> int | None:
+    """Go's ``strconv.Atoi``: ASCII digits with an optional sign, int64 only."""
+    if not _ATOI.fullmatch(raw):
+        return None
+    value = int(raw)
+    return value if -_INT64 <= value < _INT64 else None
+
+
+def _parse_time(raw: str, name: str) -> tuple[int, int] | None:
+    """An RFC 3339 parameter as (unix seconds, nanoseconds), or None."""
+    if not raw:
+        return None
+    m = _RFC3339.fullmatch(raw)
+    bad = BadRequest(f"invalid '{name}' timestamp, use RFC3339 format")
+    if not m:
+        raise bad
+    year, month, day, hour, minute, sec = (int(g) for g in m.groups()[:6])
+    frac, zone = m.group(7) or "", m.group(8)
+    offset = 0
+    if zone != "Z":
+        oh, om = int(zone[1:3]), int(zone[4:6])
+        if oh > 23 or om > 59:
+            raise bad
+        offset = (oh * 3600 + om * 60) * (1 if zone[0] == "+" else -1)
+    try:
+        datetime(year, month, day, hour, minute, sec)
+    except ValueError:
+        raise bad from None
+    unix = calendar.timegm((year, month, day, hour, minute, sec)) - offset
+    nanos = int((frac[1:] + "000000000")[:9]) if frac else 0
+    return unix, nanos
+
+
+def _parse_id(raw: str, name: str) -> int:
+    if not raw:
+        return 0
+    value = _atoi(raw)
+    if value is None or value < 1:
+        raise BadRequest(f"{name} must be >= 1")
+    return value
+
+
+def _parse_limit(raw: str) -> int:
+    if not raw:
+        return DEFAULT_LIMIT
+    value = _atoi(raw)
+    if value is None:
+        raise BadRequest("invalid limit")
+    if not 0 < value < 1000:
+        raise BadRequest("limit must be between 1 and 999")
+    return value
+
+
+def _parse_page(raw: str) -> int:
+    if not raw:
+        return 1
+    value = _atoi(raw)
+    if value is None or value < 1:
+        raise BadRequest("page must be >= 1")
+    return value
+
+
+def parse_query(params: Mapping[str, Sequence[str]]) -> ActivityQuery:
+    """Validate ``/api/metrics/activity`` parameters in llama-swap's order."""
+    q = ActivityQuery()
+    q.models = [m.strip() for m in params.get("model") or () if m.strip()]
+    start = _parse_time(_first(params, "start"), "start")
+    end = _parse_time(_first(params, "end"), "end")
+    if start is not None and end is not None and start > end:
+        raise BadRequest("start must be before end")
+    q.start, q.end = (start[0] if start else None), (end[0] if end else None)
+    q.min_id = _parse_id(_first(params, "min_id"), "min_id")
+    q.max_id = _parse_id(_first(params, "max_id"), "max_id")
+    if q.min_id and q.max_id and q.min_id > q.max_id:
+        raise BadRequest("min_id must be <= max_id")
+    q.limit = _parse_limit(_first(params, "limit"))
+    q.page = _parse_page(_first(params, "page"))
+    sort = _first(params, "sort")
+    if sort and sort not in SORT_COLUMNS:
+        raise BadRequest("invalid sort column")
+    q.sort = sort or "id"
+    order = _first(params, "order").lower()
+    if order and order not in ("asc", "desc"):
+        raise BadRequest("order must be asc or desc")
+    q.order = (order or "desc").upper()
+    return q
+
+
+def _where(q: ActivityQuery) -> tuple[str, list[Any]]:
+    conds: list[str] = []
+    args: list[Any] = []
+    if q.models:
+        conds.append(f"model_id IN ({', '.join('?' * len(q.models))})")
+        args.extend(q.models)
+    for cond, value in (
+        ("ts_created >= ?", q.start),
+        ("ts_created <= ?", q.end),
+        ("id >= ?", q.min_id or None),
+        ("id <= ?", q.max_id or None),
+    ):
+        if value is not None:
+            conds.append(cond)
+            args.append(value)
+    return (" WHERE " + " AND ".join(conds) if conds else ""), args
+
+
+def _order_by(q: ActivityQuery) -> str:
+    column = SORT_COLUMNS[q.sort]
+    if column == "id":
+        return f" ORDER BY id {q.order}"
+    return f" ORDER BY {column} {q.order}, id {q.order}"
+
+
+def total_pages(total: int, limit: int) -> int:
+    return 0 if total == 0 or limit <= 0 else -(-total // limit)
+
+
+# ------------------------------------------------------------ histograms ---
+
+
+def percentile(ordered: Sequence[float], p: float) -> float:
+    """Linear interpolation between the closest ranks of sorted values."""
+    if not ordered:
+        return 0.0
+    if len(ordered) == 1:
+        return ordered[0]
+    rank = p / 100 * (len(ordered) - 1)
+    lower, upper = math.floor(rank), math.ceil(rank)
+    return ordered[lower] + (rank - lower) * (ordered[upper] - ordered[lower])
+
+
+def histogram(values: Sequence[float]) -> dict[str, Any] | None:
+    """Sturges' bins clamped to 5..20 with p50/p95/p99; None when empty; one
+    bin of size 0 when every value is equal."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    lo, hi = ordered[0], ordered[-1]
+    out: dict[str, Any] = {"bins": [len(ordered)], "min": lo, "max": hi, "binSize": 0.0}
+    out.update({f"p{p}": percentile(ordered, p) for p in (50, 95, 99)})
+    if lo == hi:
+        return out
+    count = min(20, max(5, math.ceil(math.log2(len(ordered))) + 1))
+    size = (hi - lo) / count
+    bins = [0] * count
+    for value in ordered:
+        bins[min(math.floor((value - lo) / size), count - 1)] += 1
+    out.update(bins=bins, binSize=size)
+    return out
+
+
+# ----------------------------------------------------------------- store ---
+
+
+class ActivityStore:
+    """SQLite-backed activity rows. ``path=None`` keeps them in memory."""
+
+    def __init__(
+        self,
+        path: str | None = None,
+        metrics_max_in_memory: int = DEFAULT_MAX_IN_MEMORY,
+    ) -> None:
+        self.path = path
+        self.max_rows = (
+            metrics_max_in_memory
+            if metrics_max_in_memory > 0
+            else DEFAULT_MAX_IN_MEMORY
+        )
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            path or ":memory:", check_same_thread=False, isolation_level=None
+        )
+        if path:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+
+    @property
+    def in_memory(self) -> bool:
+        return not self.path
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def add(self, entry: ActivityEntry) -> int:
+        """Insert ``entry``, set and return its id; prune when in memory."""
+        row = (
+            int(entry.timestamp),
+            entry.model,
+            entry.req_path,
+            entry.resp_content_type,
+            entry.resp_status_code,
+            entry.tokens.cache_tokens,
+            entry.tokens.draft_tokens,
+            entry.tokens.draft_acc_tokens,
+            entry.tokens.input_tokens,
+            entry.tokens.output_tokens,
+            entry.tokens.prompt_per_second,
+            entry.tokens.tokens_per_second,
+            entry.duration_ms,
+            entry.error_msg,
+            json.dumps(entry.metadata, sort_keys=True) if entry.metadata else "",
+        )
+        placeholders = ", ".join("?" * len(row))
+        with self._lock:
+            cur = self._db.execute(
+                f"INSERT INTO activity ({_INSERT_COLUMNS}) VALUES ({placeholders})",
+                row,
+            )
+            entry.id = int(cur.lastrowid or 0)
+            if self.in_memory:
+                self._prune()
+        return entry.id
+
+    def _prune(self) -> None:
+        """Ids are never reused, so the newest ``max_rows`` rows are exactly
+        those with id > MAX(id) - max_rows."""
+        self._db.execute(
+            "DELETE FROM activity WHERE id <= (SELECT MAX(id) FROM activity) - ?",
+            (self.max_rows,),
+        )
+
+    def query(
+        self,
+        params: Mapping[str, Sequence[str]],
+        has_capture: Callable[[int], bool] | None = None,
+    ) -> dict[str, Any]:
+        """``GET /api/metrics/activity``. ``has_capture`` (e.g. ``id in
+        capture_buffer``) fills each row's ``has_capture``; absent, all false.
+        Raises BadRequest with llama-swap's texts."""
+        q = parse_query(params)
+        where, args = _where(q)
+        sql = f"SELECT {_COLUMNS} FROM activity{where}{_order_by(q)} LIMIT ? OFFSET ?"
+        with self._lock:
+            total = int(
+                self._db.execute(
+                    f"SELECT COUNT(*) FROM activity{where}", args
+                ).fetchone()[0]
+            )
+            rows = self._db.execute(
+                sql, [*args, q.limit, (q.page - 1) * q.limit]
+            ).fetchall()
+        entries = [_entry_of(r) for r in rows]
+        for e in entries:
+            e.has_capture = bool(has_capture and has_capture(e.id))
+        return {
+            "data": [e.to_json() for e in entries],
+            "page": q.page,
+            "limit": q.limit,
+            "total": total,
+            "total_pages": total_pages(total, q.limit),
+        }
+
+    def stats(self, model: str | None = None) -> dict[str, Any]:
+        """``GET /api/metrics/stats``; ``model`` (trimmed) narrows to one."""
+        model = (model or "").strip()
+        where, args = (" WHERE model_id = ?", [model]) if model else ("", [])
+        speeds = " AND " if where else " WHERE "
+        with self._lock:
+            totals = self._db.execute(_TOTALS_SQL + where, args).fetchone()
+            rows = self._db.execute(
+                "SELECT prompt_per_second, tokens_per_second FROM activity"
+                f"{where}{speeds}(prompt_per_second > 0 OR tokens_per_second > 0)",
+                args,
+            ).fetchall()
+        return {
+            "total_requests": int(totals[0]),
+            "total_input_tokens": int(totals[1]),
+            "total_output_tokens": int(totals[2]),
+            "total_cache_tokens": int(totals[3]),
+            "prompt_histogram": histogram([p for p, _ in rows if p > 0]),
+            "gen_histogram": histogram([g for _, g in rows if g > 0]),
+        }
+
+    def get(self, entry_id: int) -> ActivityEntry | None:
+        """One row by id (for SSE consumers and tests)."""
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_COLUMNS} FROM activity WHERE id = ?", (entry_id,)
+            ).fetchone()
+        return _entry_of(row) if row else None
+
+
+def _entry_of(row: Sequence[Any]) -> ActivityEntry:
+    metadata = json.loads(row[15]) if row[15] else {}
+    return ActivityEntry(
+        id=int(row[0]),
+        timestamp=float(row[1]),
+        model=row[2],
+        req_path=row[3],
+        resp_content_type=row[4],
+        resp_status_code=int(row[5]),
+        tokens=TokenStats(
+            cache_tokens=int(row[6]),
+            draft_tokens=int(row[7]),
+            draft_acc_tokens=int(row[8]),
+            input_tokens=int(row[9]),
+            output_tokens=int(row[10]),
+            prompt_per_second=float(row[11]),
+            tokens_per_second=float(row[12]),
+        ),
+        duration_ms=int(row[13]),
+        error_msg=row[14],
+        metadata={str(k): str(v) for k, v in metadata.items()},
+    )
+
+
+# ------------------------------------------------------------ validation ---
+
+
+def _errno_text(code: int) -> str:
+    """Go's lower-case errno wording (``permission denied``)."""
+    text = os.strerror(code)
+    return text[:1].lower() + text[1:]
+
+
+def validate_store_path(path: str) -> None:
+    """llama-swap's ``store.path`` check; raises ValueError with its texts."""
+    if not path.strip():
+        raise ValueError("store.path must not be empty")
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        directory = os.path.dirname(path) or "."
+        if not os.access(directory, os.W_OK):
+            code = errno.EACCES if os.path.exists(directory) else errno.ENOENT
+            why = _errno_text(code)
+            raise ValueError(
+                f"store.path: directory {directory} is not writable: {why}"
+            ) from None
+        return
+    except OSError as exc:
+        raise ValueError(
+            f"store.path: stat {path}: {_errno_text(exc.errno or 0)}"
+        ) from exc
+    if stat.S_ISDIR(info.st_mode):
+        raise ValueError(f"store.path: {path} is a directory, not a file")
+    if not os.access(path, os.W_OK):
+        raise ValueError(
+            f"store.path: {path} is not writable: {_errno_text(errno.EACCES)}"
+        )
