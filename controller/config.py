@@ -12,6 +12,7 @@ import difflib
 import logging
 import re
 import shlex
+import urllib.parse
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -52,6 +53,7 @@ from controller.sections import (
     SelectorConfig,
     Timeouts,
     UpstreamSettings,
+    Worded,
 )
 
 if TYPE_CHECKING:
@@ -121,16 +123,30 @@ class ModelConfig(_Section):
     @classmethod
     def _ttl(cls, v: int) -> int:
         if v < -1:
-            raise ValueError(
-                f"invalid TTL value {v} (use -1 for globalTTL, 0 for never)"
-            )
+            raise Worded(f"invalid TTL value {v}", at="model")
         return v
 
-    @field_validator("unload_timeout", "concurrency_limit")
+    @field_validator("unload_timeout")
+    @classmethod
+    def _unload_timeout(cls, v: int) -> int:
+        if v < 0:
+            raise Worded(f"invalid unloadTimeout value {v}", at="model")
+        return v
+
+    @field_validator("concurrency_limit")
     @classmethod
     def _non_negative(cls, v: int) -> int:
         if v < 0:
             raise ValueError(f"must be >= 0, got {v}")
+        return v
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy(cls, v: str) -> str:
+        try:
+            _ = urllib.parse.urlsplit(v).port  # checks brackets and the port
+        except ValueError as exc:
+            raise Worded(f"invalid proxy URL: {exc}", at="model") from exc
         return v
 
     @field_validator("health_check_timeout")
@@ -190,9 +206,9 @@ class Config(_Section):
             if not str(name).strip():
                 raise ValueError("profile names cannot be empty")
             if isinstance(profile, list):
-                raise ValueError(
-                    f"{name}: profile must be a mapping with description and pins; "
-                    "the legacy list syntax is no longer supported"
+                raise Worded(
+                    f"profiles.{name}: profile must be a mapping with description "
+                    "and pins; the legacy list syntax is no longer supported"
                 )
         return v
 
@@ -200,21 +216,21 @@ class Config(_Section):
     @classmethod
     def _global_ttl(cls, v: int) -> int:
         if v < 0:
-            raise ValueError("must be >= 0")
+            raise Worded("must be >= 0", at="path")
         return v
 
     @field_validator("unload_timeout")
     @classmethod
     def _unload_timeout(cls, v: int) -> int:
         if v < 0:
-            raise ValueError("must be >= 0")
+            raise Worded("must be >= 0", at="path")
         return v or 10
 
     @field_validator("start_port")
     @classmethod
     def _start_port(cls, v: int) -> int:
         if v < 1:
-            raise ValueError("must be greater than 1")
+            raise Worded("must be greater than 1", at="path")
         return v
 
     @field_validator("log_level")
@@ -228,9 +244,9 @@ class Config(_Section):
     def _api_keys(cls, v: list[str]) -> list[str]:
         for i, key in enumerate(v):
             if not key:
-                raise ValueError("empty api key found in apiKeys")
+                raise Worded("empty api key found in apiKeys")
             if any(c.isspace() for c in key):
-                raise ValueError(f"key {i} cannot contain spaces")
+                raise Worded(f"apiKeys[{i}]: api key cannot contain spaces")
         return v
 
     @model_validator(mode="after")
@@ -265,10 +281,18 @@ class Config(_Section):
         return out
 
     def peer_of(self, name: str) -> tuple[str, str] | None:
-        """(peer id, peer model) for ``peer/model`` or a bare name unique to a peer."""
-        pid, sep, model = name.partition("/")
-        if sep and pid in self.peers and model in self.peers[pid].models:
-            return pid, model
+        """(peer id, peer model) that ``name`` routes to, or None.
+
+        ``peer/model`` (either part may contain ``/``) wins over a bare model
+        name, which must be listed by exactly one peer; a local model id or
+        alias wins over both (llama-swap.md §6).
+        """
+        if self.resolve(name) is not None:
+            return None
+        for pid, peer in sorted(self.peers.items()):
+            for model in peer.models:
+                if f"{pid}/{model}" == name:
+                    return pid, model
         owners = [p for p, peer in sorted(self.peers.items()) if name in peer.models]
         return (owners[0], name) if len(owners) == 1 else None
 
@@ -286,7 +310,18 @@ class Config(_Section):
         return "group", block.settings.groups, None
 
     def priority(self, model_id: str) -> int:
-        return self.routing.scheduler.settings.fifo.priority.get(model_id, 0)
+        """fifo priority of a model id; a key may also be one of its aliases
+        (llama-swap accepts an alias key but never matches it)."""
+        return self._priorities.get(model_id, 0)
+
+    @cached_property
+    def _priorities(self) -> dict[str, int]:
+        table = self.routing.scheduler.settings.fifo.priority
+        out = {
+            self.resolve(k) or k: v for k, v in table.items() if k not in self.models
+        }
+        out.update({k: v for k, v in table.items() if k in self.models})
+        return out
 
     def ttl_s(self, model_id: str) -> float:
         ttl = self.models[model_id].ttl
@@ -394,9 +429,18 @@ _Loader.add_implicit_resolver(
 
 def _describe(exc: ValidationError) -> str:
     first = exc.errors()[0]
-    where = ".".join(str(part) for part in first["loc"])
+    loc = first["loc"]
+    where = ".".join(str(part) for part in loc)
     msg = first["msg"].removeprefix("Value error, ")
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    cause = (first.get("ctx") or {}).get("error")
+    if isinstance(cause, Worded):
+        if cause.at == "model" and len(loc) >= 2 and loc[0] == "models":
+            return f"model {loc[1]}: {cause}{more}"
+        if cause.at == "path" and where:
+            return f"{where} {cause}{more}"
+        if not cause.at:
+            return f"{cause}{more}"
     return f"{where}: {msg}{more}" if where else msg + more
 
 
@@ -407,9 +451,12 @@ _CHECKED_MODEL_FIELDS = (
     "cmdStop",
     "proxy",
     "checkEndpoint",
+    "filters.stripParams",
     "name",
     "description",
 )
+# Reported by their section, not the full path (llama-swap.md §1.4).
+_SECTION_REPORTED = ("capabilities", "metadata")
 
 
 def expand_config_macros(raw: dict[str, Any]) -> dict[str, Any]:
@@ -419,8 +466,11 @@ def expand_config_macros(raw: dict[str, Any]) -> dict[str, Any]:
         key: value if key in ("models", "macros") else substitute(value, global_macros)
         for key, value in raw.items()
     }
+    # Unknown top-level keys are substituted too but never checked: a "defs:"
+    # holder of YAML anchors may hold ${PORT} and ${MODEL_ID} for the models.
+    known = {f.alias or n for n, f in Config.model_fields.items()} | NOT_YET_TOP_KEYS
     for key, value in out.items():
-        if key not in ("models", "macros"):
+        if key in known and key not in ("models", "macros"):
             _check_leftovers(value, key)
     models = raw.get("models") or {}
     if not isinstance(models, dict):
@@ -467,7 +517,7 @@ def _expand_model(
     elif isinstance(model.get("proxy"), str) and "${PORT}" in model["proxy"]:
         raise ConfigError(
             f"model {mid}: proxy uses ${{PORT}} but cmd does not - ${{PORT}} is only "
-            "available when used in cmd (set proxy to the server's fixed address)"
+            "available when used in cmd"
         )
     _check_model_leftovers(mid, model)
     return model, next_port
@@ -517,26 +567,31 @@ def _check_model_leftovers(mid: str, model: dict[str, Any]) -> None:
             if not names:
                 continue
             name = names[0]
-            if key in _CHECKED_MODEL_FIELDS:
-                if name in ("PORT", "MODEL_ID", "PID"):
+            field = key
+            if path in ("filters.stripParams", "filters.strip_params"):
+                field = "filters.stripParams"
+            if field in _CHECKED_MODEL_FIELDS:
+                if name in ("PORT", "MODEL_ID"):
                     raise ConfigError(
                         f"macro '${{{name}}}' should have been substituted in "
-                        f"{mid}.{key}"
-                        + (
-                            " (${PID} is only available in cmdStop)"
-                            if name == "PID"
-                            else ""
-                        )
+                        f"{mid}.{field}"
                     )
-                raise ConfigError(f"unknown macro '${{{name}}}' found in {mid}.{key}")
-            raise ConfigError(f"model {mid} {path}: unknown macro '${{{name}}}'")
+                raise ConfigError(f"unknown macro '${{{name}}}' found in {mid}.{field}")
+            where = key if key in _SECTION_REPORTED else path
+            raise ConfigError(_leftover(f"model {mid} {where}", name))
 
 
 def _check_leftovers(value: Any, path: str) -> None:
     for where, text in _strings(value, path):
         names = leftover_macros(text)
         if names:
-            raise ConfigError(f"{where}: unknown macro '${{{names[0]}}}'")
+            raise ConfigError(_leftover(where, names[0]))
+
+
+def _leftover(where: str, name: str) -> str:
+    if name.startswith("env."):
+        return f"{where}: environment variable '{name[4:]}' not set"
+    return f"{where}: unknown macro '${{{name}}}'"
 
 
 def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
@@ -557,7 +612,7 @@ def _unknown_key_warnings(config: Config) -> Iterator[str]:
     yield from _extras(config, "", NOT_YET_TOP_KEYS)
     preload = config.hooks.on_startup.preload
     for i, name in enumerate(preload):
-        if config.resolve(name.strip()) is None:
+        if name.strip() and config.resolve(name.strip()) is None:
             yield (
                 f"hooks.on_startup.preload[{i}]: {name!r} is not a local model; "
                 "it will not be preloaded"

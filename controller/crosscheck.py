@@ -29,10 +29,7 @@ def _aliases(config: Config) -> None:
     for mid, model in sorted(config.models.items()):
         for alias in model.aliases:
             if alias in owner:
-                raise ValueError(
-                    f"duplicate alias {alias} found in model: {mid} "
-                    f"(already an alias of {owner[alias]})"
-                )
+                raise ValueError(f"duplicate alias {alias} found in model: {mid}")
             owner[alias] = mid
     for mid, model in sorted(config.models.items()):
         for key in model.filters.set_params_by_id:
@@ -79,7 +76,11 @@ def _routing(config: Config) -> None:
         return
     member_of: dict[str, str] = {}
     for gid, group in groups.items():
-        for member in group.members:
+        for i, member in enumerate(group.members):
+            if member in group.members[:i]:
+                raise ValueError(
+                    f"duplicate model member {member} found in group: {gid}"
+                )
             if member not in config.models:
                 raise ValueError(
                     f"group {gid}: member {member} is not a configured "
@@ -113,7 +114,7 @@ def _priority(config: Config) -> None:
 def _peers(config: Config) -> None:
     qualified: dict[str, str] = {}
     for pid, peer in sorted(config.peers.items()):
-        for model in peer.models:
+        for model in dict.fromkeys(peer.models):  # a repeated model is ignored
             fqn = f"{pid}/{model}"
             if fqn in qualified:
                 raise ValueError(
@@ -121,21 +122,31 @@ def _peers(config: Config) -> None:
                     f'{qualified[fqn]} and peers.{pid} model "{model}"'
                 )
             qualified[fqn] = f'peers.{pid} model "{model}"'
-    for fqn in qualified:
+    for fqn in sorted(qualified):
         if fqn in config.models:
             raise ValueError(
                 f'model ID "{fqn}" conflicts with fully qualified peer model name'
             )
-        owner = config.alias_owner(fqn)
-        if owner is not None:
+        for mid, cfg in sorted(config.models.items()):
+            if fqn in cfg.aliases:
+                raise ValueError(
+                    f'model {mid} alias "{fqn}" conflicts with fully '
+                    "qualified peer model name"
+                )
+        if config.alias_owner(fqn) is not None:  # a setParamsByID key
             raise ValueError(
-                f'model {owner} alias "{fqn}" conflicts with fully '
-                "qualified peer model name"
+                f'model alias "{fqn}" conflicts with fully qualified peer model name'
             )
         if fqn in config.selectors:
             raise ValueError(
                 f'selector ID "{fqn}" conflicts with fully qualified peer model name'
             )
+        for name, profile in sorted(config.profiles.items()):
+            if fqn in profile.pins:
+                raise ValueError(
+                    f'profile {name} pin "{fqn}" conflicts with fully '
+                    "qualified peer model name"
+                )
 
 
 def _selectors(config: Config) -> None:
@@ -151,10 +162,11 @@ def _selectors(config: Config) -> None:
             if target in config.selectors:
                 raise ValueError(
                     f"selectors.{sid}.targets[{i}] references selector "
-                    f'"{target}": selector chaining is not supported'
+                    f'"{target}"; selector chaining is not supported'
                 )
             local = config.resolve(target)
-            if local is None and config.peer_of(target) is None:
+            peer = config.peer_of(target)
+            if local is None and peer is None:
                 raise ValueError(
                     f'selectors.{sid}.targets[{i}] references unknown model "{target}"'
                 )
@@ -163,7 +175,7 @@ def _selectors(config: Config) -> None:
                     f"selectors.{sid}.targets[{i}] must resolve to a local "
                     'model for strategy "warm"'
                 )
-            resolved.append(local or target)
+            resolved.append(local or "/".join(peer or (target,)))
         if sel.strategy == "spillover":
             _spillover(config, sid, resolved)
 
@@ -186,19 +198,20 @@ def _spillover(config: Config, sid: str, resolved: list[str]) -> None:
                 "expanded matrix set"
             )
         return
+    # llama-swap's order: the first target's group, its swap flag, the rest.
     group_of = {m: g for g, cfg in groups.items() for m in cfg.members}
-    for target in local:
-        if target not in group_of:
-            raise ValueError(
-                f'selectors.{sid} target "{target}" is not in a routing group'
-            )
-    if len({group_of[t] for t in local}) != 1:
+    first = group_of.get(local[0])
+    if first is None:
         raise ValueError(
-            f"selectors.{sid} spillover targets must share one routing group"
+            f'selectors.{sid} target "{local[0]}" is not in a routing group'
         )
-    if groups[group_of[local[0]]].swap:
+    if groups[first].swap:
         raise ValueError(
             f"selectors.{sid} spillover targets must share a group with swap: false"
+        )
+    if any(group_of.get(t) != first for t in local[1:]):
+        raise ValueError(
+            f"selectors.{sid} spillover targets must share one routing group"
         )
 
 
@@ -219,13 +232,4 @@ def _profiles(config: Config) -> None:
             if not known:
                 raise ValueError(
                     f'profiles.{name}.pins.{key} references unknown model "{target}"'
-                )
-            if (
-                "/" in key
-                and config.peer_of(key) is not None
-                and key not in config.models
-            ):
-                raise ValueError(
-                    f'profile {name} pin "{key}" conflicts with fully '
-                    "qualified peer model name"
                 )

@@ -10,11 +10,32 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 # llama-swap's default for upstream.ignorePaths (static assets never load a model).
 DEFAULT_IGNORE_PATHS = (r".*\.(js|json|css|png|gif|jpg|jpeg|ico|txt)$",)
+
+
+class Worded(ValueError):
+    """A validation message worded as llama-swap words it.
+
+    ``controller.config`` places it: ``at="path"`` follows the YAML path after
+    a space (``selectors.s.strategy is required``), ``at="model"`` follows
+    ``model <id>: `` (``model m: invalid TTL value -2``), and ``at=""`` is the
+    whole message. Any other ValueError is shown as ``<path>: <message>``.
+    """
+
+    def __init__(self, message: str, at: str = "") -> None:
+        super().__init__(message)
+        self.at = at
 
 
 class Section(BaseModel):
@@ -58,11 +79,14 @@ class Capabilities(Section):
 
     @field_validator("in_", "out")
     @classmethod
-    def _modalities(cls, v: list[str]) -> list[str]:
+    def _modalities(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        key = "in" if info.field_name == "in_" else "out"
         for item in v:
             if item not in ("text", "audio", "image"):
-                raise ValueError(
-                    f'invalid modality "{item}", must be one of: text, audio, image'
+                raise Worded(
+                    f'capabilities.{key}: invalid modality "{item}", '
+                    "must be one of: text, audio, image",
+                    at="model",
                 )
         return v
 
@@ -70,7 +94,7 @@ class Capabilities(Section):
     @classmethod
     def _context(cls, v: int) -> int:
         if v < 0:
-            raise ValueError("must be >= 0")
+            raise Worded("capabilities.context: must be >= 0", at="model")
         return v
 
     @property
@@ -97,17 +121,9 @@ class GroupConfig(Section):
     swap: bool = True
     exclusive: bool = True
     persistent: bool = False
+    # Checked against the models (and for duplicates) in controller.crosscheck,
+    # for the active engine only, as llama-swap does.
     members: list[str] = Field(default_factory=list)
-
-    @field_validator("members")
-    @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
-        seen: set[str] = set()
-        for member in v:
-            if member in seen:
-                raise ValueError(f"duplicate model member {member} found in group")
-            seen.add(member)
-        return v
 
 
 class MatrixConfig(Section):
@@ -152,9 +168,10 @@ class Routing(Section):
 
 
 class PeerConfig(Section):
-    proxy: str = ""
+    # validate_default: a missing key is as wrong as an empty one.
+    proxy: str = Field("", validate_default=True)
     api_key: str = ""
-    models: list[str] = Field(default_factory=list)
+    models: list[str] = Field(default_factory=list, validate_default=True)
     filters: Filters = Field(default_factory=Filters)
     timeouts: Timeouts = Field(default_factory=lambda: Timeouts(responseHeader=60))
 
@@ -189,13 +206,13 @@ class SpilloverSettings(Section):
     @classmethod
     def _at_least_one(cls, v: int) -> int:
         if v < 1:
-            raise ValueError("spillover must be >= 1")
+            raise Worded("must be >= 1", at="path")
         return v
 
 
 class SelectorConfig(Section):
-    strategy: str = ""
-    targets: list[str] = Field(default_factory=list)
+    strategy: str = Field("", validate_default=True)
+    targets: list[str] = Field(default_factory=list, validate_default=True)
     settings: SpilloverSettings = Field(default_factory=SpilloverSettings)
     name: str = ""
     description: str = ""
@@ -206,7 +223,7 @@ class SelectorConfig(Section):
     @classmethod
     def _strategy(cls, v: str) -> str:
         if not v.strip():
-            raise ValueError("strategy is required")
+            raise Worded("is required", at="path")
         if v not in ("warm", "pin", "spillover"):
             raise ValueError(f'unknown strategy "{v}" (valid: warm, pin, spillover)')
         return v
@@ -215,7 +232,7 @@ class SelectorConfig(Section):
     @classmethod
     def _targets(cls, v: list[str]) -> list[str]:
         if not v:
-            raise ValueError("targets must contain at least one entry")
+            raise Worded("must contain at least one entry", at="path")
         return v
 
 
