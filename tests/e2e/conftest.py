@@ -1,0 +1,137 @@
+"""Extra fixtures for the end-to-end tests: fake upstreams whose command lines
+carry the test's tmp path, so each model's process can be found by
+``pids_of`` and nothing another test started is ever mistaken for it."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import yaml
+
+from tests.conftest import FAKE, PY, pids_of
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tests.conftest import Swapvisor
+
+
+def free_port_run(n: int) -> int:
+    """The first of ``n`` consecutive free loopback ports, below the ephemeral
+    range (where ``free_port`` picks swapvisor's own port)."""
+    for _ in range(200):
+        base = random.randrange(20000, 32000 - n)
+        try:
+            for port in range(base, base + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no run of {n} free ports found")
+
+
+@dataclass(frozen=True)
+class FakeFleet:
+    """Where this test's fake upstream lives, and how to find its processes."""
+
+    script: Path  # a symlink to the fake inside the test's tmp path
+
+    def cmd(self, model: str, *flags: str) -> str:
+        """A ``cmd`` line; ``--model`` comes first so ``pattern`` can match it."""
+        return " ".join(
+            [PY, str(self.script), "--model", model, "--port ${PORT}", *flags]
+        )
+
+    def pattern(self, model: str) -> str:
+        return f"{self.script} --model {model} "
+
+    def pids(self, model: str) -> list[int]:
+        return pids_of(self.pattern(model))
+
+    def all_pids(self) -> list[int]:
+        return pids_of(str(self.script))
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> FakeFleet:
+    script = tmp_path / "fake_upstream.py"
+    script.symlink_to(FAKE)
+    return FakeFleet(script)
+
+
+@pytest.fixture
+def start_fakes(
+    fleet: FakeFleet,
+    write_config: Callable[[str], Path],
+    swapvisor: Callable[..., Swapvisor],
+) -> Callable[..., Swapvisor]:
+    """Start swapvisor over fake-upstream models.
+
+    ``models`` maps a model id to its settings; the key ``flags`` (a list of
+    fake-upstream flags) is turned into the model's ``cmd``, every other key is
+    copied into the config as is. ``top`` adds top-level config keys.
+    """
+
+    def start(models: dict[str, dict[str, Any]], **top: Any) -> Swapvisor:
+        entries: dict[str, dict[str, Any]] = {}
+        for mid, settings in models.items():
+            entry = dict(settings)
+            flags = [str(f) for f in entry.pop("flags", [])]
+            entry["cmd"] = fleet.cmd(mid, *flags)
+            entries[mid] = entry
+        config: dict[str, Any] = {
+            "startPort": free_port_run(len(entries)),
+            **top,
+            "models": entries,
+        }
+        return swapvisor(write_config(yaml.safe_dump(config, sort_keys=False)))
+
+    return start
+
+
+def environ_has(pid: int, token: str) -> bool:
+    """Whether process ``pid`` carries ``token`` in its environment."""
+    try:
+        return token.encode() in Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+
+
+def own_pids(pattern: str, token: str) -> list[int]:
+    """Live processes matching ``pattern`` that inherited ``token``: this test's
+    own, even when another run uses the very same command lines."""
+    return [pid for pid in pids_of(pattern) if environ_has(pid, token)]
+
+
+def children_of(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out.extend(int(x) for x in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Running and not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def in_flight(sv: Swapvisor, model: str) -> int:
+    """Requests being served by ``model`` now, from swapvisor's /running."""
+    with urllib.request.urlopen(f"{sv.url}/running", timeout=5) as r:
+        running = json.load(r)["running"]
+    return sum(int(m["in_flight"]) for m in running if m["model"] == model)
