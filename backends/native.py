@@ -52,7 +52,33 @@ def _die_with_parent(parent_pid: int) -> None:
 @dataclass(slots=True)
 class _Child:
     proc: asyncio.subprocess.Process
+    # Resolved when the process itself exits. Process.wait() is not enough: on
+    # CPython 3.11.7 it also waits for the output pipes to close, which a
+    # grandchild holding them open can delay forever.
+    exited: asyncio.Future[int]
     exit: ExitInfo | None = None
+
+    async def wait_exit(self) -> int:
+        return await asyncio.shield(self.exited)
+
+
+class _ExitAwareProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    def __init__(self, exited: asyncio.Future[int], loop: asyncio.AbstractEventLoop):
+        super().__init__(limit=2**16, loop=loop)
+        self._exited = exited
+        self._process: asyncio.SubprocessTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        assert isinstance(transport, asyncio.SubprocessTransport)
+        self._process = transport
+
+    def process_exited(self) -> None:
+        # Read the code first: the base class may close and drop the transport.
+        code = self._process.get_returncode() if self._process else None
+        super().process_exited()
+        if not self._exited.done():
+            self._exited.set_result(-1 if code is None else code)
 
 
 class NativeBackend:
@@ -69,8 +95,12 @@ class NativeBackend:
             raise BackendStartError("empty command")
         parent = os.getpid()
         env = {**os.environ, **spec.env}
+        loop = asyncio.get_running_loop()
+        exited: asyncio.Future[int] = loop.create_future()
         try:
-            proc = await asyncio.create_subprocess_exec(
+            # create_subprocess_exec, with a protocol that reports the exit itself
+            transport, protocol = await loop.subprocess_exec(
+                lambda: _ExitAwareProtocol(exited, loop),
                 *spec.argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
@@ -83,14 +113,15 @@ class NativeBackend:
             raise BackendStartError(
                 f"failed to start command {list(spec.argv)!r}: {exc.strerror or exc}"
             ) from exc
-        self._children[str(proc.pid)] = _Child(proc)
+        proc = asyncio.subprocess.Process(transport, protocol, loop)
+        self._children[str(proc.pid)] = _Child(proc, exited)
         return Handle(
             model=model, kind=self.kind, ref=str(proc.pid), base_url=spec.base_url
         )
 
     async def health(self, handle: Handle, spec: LaunchSpec) -> Health:
         child = self._children.get(handle.ref)
-        if child is None or not _alive(child.proc):
+        if child is None or child.exited.done():
             return Health.EXITED
         if spec.check_endpoint is None:
             return Health.READY
@@ -98,34 +129,35 @@ class NativeBackend:
         if await self._probe.ok(url, spec.probe_timeout_s):
             return Health.READY
         # The server may have died while we waited on the probe.
-        return Health.STARTING if _alive(child.proc) else Health.EXITED
+        return Health.EXITED if child.exited.done() else Health.STARTING
 
     async def stop(self, handle: Handle, spec: LaunchSpec, *, grace: float) -> ExitInfo:
         child = self._children.get(handle.ref)
         if child is None:
             return ExitInfo(code=None, forced=False)
         if child.exit is None:
-            child.exit = await self._terminate(child.proc, spec, grace)
+            child.exit = await self._terminate(child, spec, grace)
         # The group may hold grandchildren that outlived the leader.
         _signal_group(child.proc.pid, signal.SIGKILL)
         del self._children[handle.ref]
         return child.exit
 
     async def _terminate(
-        self, proc: asyncio.subprocess.Process, spec: LaunchSpec, grace: float
+        self, child: _Child, spec: LaunchSpec, grace: float
     ) -> ExitInfo:
-        if proc.returncode is not None:
-            return ExitInfo(code=proc.returncode, forced=False)
+        proc = child.proc
+        if child.exited.done():
+            return ExitInfo(code=child.exited.result(), forced=False)
         if spec.cmd_stop:
             await self._run_cmd_stop(proc.pid, spec)
         else:
             _signal_group(proc.pid, signal.SIGTERM)
         try:
-            code = await asyncio.wait_for(proc.wait(), timeout=max(grace, 0.0))
+            code = await asyncio.wait_for(child.wait_exit(), timeout=max(grace, 0.0))
             return ExitInfo(code=code, forced=False)
         except TimeoutError:
             _signal_group(proc.pid, signal.SIGKILL)
-            return ExitInfo(code=await proc.wait(), forced=True)
+            return ExitInfo(code=await child.wait_exit(), forced=True)
 
     async def _run_cmd_stop(self, pid: int, spec: LaunchSpec) -> None:
         argv = [arg.replace("${PID}", str(pid)) for arg in spec.cmd_stop]
@@ -143,6 +175,12 @@ class NativeBackend:
             return
         await stopper.wait()
 
+    async def wait(self, handle: Handle) -> None:
+        """Return once the process has exited (used to notice a crash at once)."""
+        child = self._children.get(handle.ref)
+        if child is not None:
+            await child.wait_exit()
+
     async def logs(self, handle: Handle) -> AsyncIterator[bytes]:
         child = self._children.get(handle.ref)
         if child is None or child.proc.stdout is None:
@@ -159,14 +197,10 @@ class NativeBackend:
         # Output closed: let the exit be reaped too, so a health() right after
         # the stream ends sees EXITED rather than a dying process.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(child.proc.wait(), EXIT_REAP_S)
+            await asyncio.wait_for(child.wait_exit(), EXIT_REAP_S)
 
     async def aclose(self) -> None:
         await self._probe.aclose()
-
-
-def _alive(proc: asyncio.subprocess.Process) -> bool:
-    return proc.returncode is None
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 from backends.base import (
     Backend,
@@ -51,6 +52,15 @@ EXIT_POLL_S = 0.02
 StateListener = Callable[["Upstream", UpstreamState, UpstreamState], None]
 
 
+@runtime_checkable
+class SupportsWait(Protocol):
+    """A backend that can tell when a workload exits (the native one can)."""
+
+    async def wait(self, handle: Handle) -> None:
+        """Return once the workload has exited; never raises for that reason."""
+        ...
+
+
 class Upstream:
     """One model's server: its state, backend handle, in-flight count and TTL."""
 
@@ -86,6 +96,7 @@ class Upstream:
         self._stop_task: asyncio.Task[None] | None = None
         self._log_task: asyncio.Task[None] | None = None
         self._ttl_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()  # replaced by a fresh one on every change
         self._idle = asyncio.Event()  # set while no request is in flight
         self._idle.set()
@@ -222,6 +233,10 @@ class Upstream:
             raise UpstreamStartError(f"model {self.id} failed to start: {exc}") from exc
         handle = self._handle
         self._log_task = asyncio.create_task(self._pump_logs(handle))
+        if isinstance(self._backend, SupportsWait):
+            self._watch_task = asyncio.create_task(
+                self._watch_exit(handle, self._backend), name=f"watch {self.id}"
+            )
         try:
             async with asyncio.timeout(self.start_deadline_s):
                 healthy = await self._wait_healthy(handle)
@@ -288,6 +303,9 @@ class Upstream:
         except BackendError as exc:
             log.error("%s: stopping failed: %s", self.id, exc)
             info = ExitInfo(code=None, forced=False)
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            self._watch_task = None
         if self._log_task is not None:
             # Grandchildren may hold the pipe open; don't wait on them forever.
             with contextlib.suppress(TimeoutError):
@@ -312,6 +330,14 @@ class Upstream:
             if await self._backend.health(handle, self.spec) is Health.EXITED:
                 self._log_task = None  # this task is finishing; don't await itself
                 self._exited_while_serving(handle)
+
+    async def _watch_exit(self, handle: Handle, backend: SupportsWait) -> None:
+        """Notice a server that dies while ready even if a child of it still
+        holds its output pipe open (so the log stream never ends)."""
+        await backend.wait(handle)
+        if self._watch_task is asyncio.current_task():
+            self._watch_task = None  # finishing; a stop must not await itself
+        self._exited_while_serving(handle)
 
     def _exited_while_serving(self, handle: Handle) -> None:
         """The server died on its own: reap it (no automatic restart)."""

@@ -474,18 +474,9 @@ async def test_over_concurrency_limit_is_429(
     "grandchild",
     [
         pytest.param(False, id="plain"),
-        pytest.param(
-            True,
-            id="grandchild-holds-stdout",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: an upstream that dies while idle is noticed only when "
-                "its stdout pipe reaches EOF (Upstream._pump_logs); a child process "
-                "that inherited the pipe keeps it open, so the dead model stays "
-                "'loaded'/READY and the next request gets 502 'Cannot connect' "
-                "instead of restarting it",
-            ),
-        ),
+        # A child that inherited the pipe keeps it open: the exit must be seen
+        # from the process itself, not from the end of its output.
+        pytest.param(True, id="grandchild-holds-stdout"),
     ],
 )
 async def test_upstream_dying_while_idle_is_noticed_and_restarted(
