@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from controller.crosscheck import matrix_policy
-from controller.errors import ControllerError, UpstreamStartError
+from controller.errors import ControllerError, ModelUnloaded, UpstreamStartError
 from controller.eviction import Group, GroupPolicy
 from controller.logs import LogBuffer
 from controller.scheduler import EvictionPolicy, Scheduler, Ticket
@@ -80,6 +80,8 @@ class Router:
         self._retiring: set[asyncio.Task[None]] = set()
         self.scheduler = Scheduler(self, build_policy(config), config.concurrency_limit)
         self._grants: dict[int, asyncio.Future[Upstream]] = {}
+        # Per model: the upstream a swap is making ready, and that wait.
+        self._starting: dict[str, tuple[Upstream, asyncio.Task[None]]] = {}
         self._serving: dict[int, Upstream] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -154,6 +156,11 @@ class Router:
         for mid, upstream in self.upstreams.items():
             if upstreams.get(mid) is not upstream:
                 retired.append(mid)
+                starting = self._starting.get(mid)
+                if starting is not None and starting[0] is upstream:
+                    # A swap is waiting for this one's start: it switches to
+                    # the replacement (never restarting a retired upstream).
+                    starting[1].cancel()
                 self._retire(upstream)
         self.config = config
         self.upstreams = upstreams
@@ -228,16 +235,47 @@ class Router:
                 log.info(
                     "swap: stopping %s to start %s", ", ".join(sorted(evict)), target
                 )
-            await asyncio.gather(*(self.upstreams[m].stop() for m in evict))
-            if self._retiring:
-                await asyncio.wait(list(self._retiring))
-            await self.upstreams[target].ensure_ready()
+            await asyncio.gather(
+                *(u.stop() for m in evict if (u := self.upstreams.get(m)) is not None)
+            )
+            await self._ensure_current(target)
         except ControllerError as exc:
             error = exc
         except Exception as exc:  # a task's top level: log, then report
             log.exception("swap to %s failed", target)
             error = UpstreamStartError(f"model {target} failed to start: {exc!r}")
         self.scheduler.swap_done(target, error)
+
+    async def _ensure_current(self, target: str) -> None:
+        """Make ``target``'s current upstream ready.
+
+        A reload may replace the upstream meanwhile: then the wait for the old
+        one is abandoned (it is retired, and must not be started again) and,
+        once every retired upstream has stopped, the replacement is started.
+        Returns only while the upstream it made ready is still the current one.
+        """
+        while True:
+            if self._retiring:
+                await asyncio.wait(list(self._retiring))
+            upstream = self.upstreams.get(target)
+            if upstream is None:
+                raise ModelUnloaded(f"model {target} was removed from the config")
+            wait = asyncio.create_task(upstream.ensure_ready(), name=f"ready {target}")
+            self._starting[target] = (upstream, wait)
+            try:
+                await asyncio.wait([wait])
+            except asyncio.CancelledError:
+                wait.cancel()
+                raise
+            finally:
+                if self._starting.get(target, (None,))[0] is upstream:
+                    del self._starting[target]
+            if wait.cancelled():
+                continue
+            if self.upstreams.get(target) is upstream:
+                wait.result()  # raises if the start failed
+                return
+            wait.exception()  # a replaced upstream's outcome no longer matters
 
     def _on_state_change(
         self, upstream: Upstream, old: UpstreamState, new: UpstreamState

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -31,6 +32,30 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# Below Linux's default ephemeral range (32768-60999): no outgoing connection's
+# source port can land here, so a block found free stays free.
+_PORT_LOW, _PORT_HIGH = 20000, 32000
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def port_block(n: int = 16) -> int:
+    """The first of ``n`` consecutive free ports outside the ephemeral range
+    (for ``startPort``: models get consecutive ports)."""
+    for _ in range(500):
+        base = random.randrange(_PORT_LOW, _PORT_HIGH - n)
+        if all(_bindable(p) for p in range(base, base + n)):
+            return base
+    raise RuntimeError(f"no block of {n} free ports")
 
 
 def fake_cmd(model: str, *flags: str) -> str:

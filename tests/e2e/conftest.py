@@ -5,8 +5,6 @@ carry the test's tmp path, so each model's process can be found by
 from __future__ import annotations
 
 import json
-import random
-import socket
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,27 +13,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
-from tests.conftest import FAKE, PY, pids_of
+from tests.conftest import FAKE, PY, pids_of, port_block
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from tests.conftest import Swapvisor
-
-
-def free_port_run(n: int) -> int:
-    """The first of ``n`` consecutive free loopback ports, below the ephemeral
-    range (where ``free_port`` picks swapvisor's own port)."""
-    for _ in range(200):
-        base = random.randrange(20000, 32000 - n)
-        try:
-            for port in range(base, base + n):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError(f"no run of {n} free ports found")
 
 
 @dataclass(frozen=True)
@@ -88,7 +71,7 @@ def start_fakes(
             entry["cmd"] = fleet.cmd(mid, *flags)
             entries[mid] = entry
         config: dict[str, Any] = {
-            "startPort": free_port_run(len(entries)),
+            "startPort": port_block(len(entries)),
             **top,
             "models": entries,
         }

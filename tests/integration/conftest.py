@@ -14,7 +14,7 @@ from backends.native import NativeBackend
 from controller.app import create_app
 from controller.config import parse_config
 from controller.inference import RUNTIME
-from tests.conftest import free_port
+from tests.conftest import port_block
 
 if TYPE_CHECKING:
     from controller.router import Router
@@ -38,7 +38,7 @@ async def make_app() -> AsyncIterator[MakeApp]:
     clients: list[TestClient] = []  # type: ignore[type-arg]
 
     async def make(yaml_text: str) -> Running:
-        text = f"startPort: {free_port()}\n" + yaml_text
+        text = f"startPort: {port_block()}\n" + yaml_text
         config = parse_config(text).config
         app = create_app(config, NativeBackend())
         server = TestServer(app, host="127.0.0.1", handler_cancellation=True)
