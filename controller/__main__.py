@@ -28,6 +28,8 @@ from controller.check import check_main, schema_main
 from controller.config import load_config
 from controller.errors import ConfigError
 from controller.inference import RUNTIME
+from controller.logs import Logs, install as install_log_handler
+from controller.monitor import EVENTS, LOGS, model_status
 from controller.reload import Reloader
 
 if TYPE_CHECKING:
@@ -40,12 +42,6 @@ log = logging.getLogger("swapvisor")
 DEFAULT_HOST = "127.0.0.1"
 # How long in-flight responses may keep streaming after SIGTERM/SIGINT.
 SHUTDOWN_GRACE_S = 10.0
-_LEVELS = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warn": logging.WARNING,
-    "error": logging.ERROR,
-}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -129,11 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         host, port = parse_listen(listen)
     except (ConfigError, ValueError) as exc:
         return _fail(f"{args.config or args.config_dir}: {exc}")
-    logging.basicConfig(
-        level=_LEVELS[loaded.config.log_level],
-        stream=sys.stdout,
-        format="[%(levelname)s] %(message)s",
-    )
+    cfg = loaded.config
+    logs = Logs(cfg.log_to_stdout)
+    install_log_handler(logs, cfg.log_level, cfg.log_time_format)
     for warning in loaded.warnings:
         log.warning("config: %s", warning)
     if not is_loopback(host):
@@ -143,8 +137,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             port,
         )
     sources = (_path(args.config), _path(args.config_dir))
-    asyncio.run(serve(loaded.config, host, port, tls, sources, args.watch_config))
+    asyncio.run(serve(cfg, host, port, tls, sources, args.watch_config, logs))
     return 0
+
+
+def _reloaded(app: web.Application) -> None:
+    config = app[RUNTIME].config
+    install_log_handler(app[LOGS], config.log_level, config.log_time_format)
+    app[EVENTS].publish("modelStatus", model_status(app[RUNTIME]))
 
 
 def _path(value: str | None) -> Path | None:
@@ -169,9 +169,10 @@ async def serve(
     tls: ssl.SSLContext | None,
     sources: tuple[Path | None, Path | None],
     watch: bool,
+    logs: Logs,
 ) -> None:
     """Run until SIGINT or SIGTERM, then stop every upstream and return."""
-    app = create_app(config, NativeBackend())
+    app = create_app(config, NativeBackend(), logs)
     runner = web.AppRunner(
         app,
         handler_cancellation=True,
@@ -179,7 +180,7 @@ async def serve(
         access_log=None,
     )
     await runner.setup()
-    reloader = Reloader(app[RUNTIME], *sources)
+    reloader = Reloader(app[RUNTIME], *sources, on_reload=lambda: _reloaded(app))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, stop.set)

@@ -12,6 +12,7 @@ from controller import __version__
 from controller.errors import BadRequest, NotFound
 from controller.inference import RUNTIME
 from controller.listing import model_records
+from controller.monitor import EVENTS, model_status
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -97,7 +98,10 @@ async def put_active_profile(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     if name is not None and name not in rt.config.profiles:
         raise NotFound(f'profile "{name}" not found')
-    rt.profiles.set_active(name)
+    if rt.profiles.set_active(name):
+        bus = request.app[EVENTS]
+        bus.publish("profileChanged", {"active": rt.profiles.active})
+        bus.publish("modelStatus", model_status(rt))
     return web.json_response({"active": rt.profiles.active})
 
 

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING
 
 from aiohttp import hdrs, web
 
-from controller import admin
+from controller import admin, monitor
 from controller.errors import SRC, ControllerError, anthropic_body, openai_body
 from controller.inference import RUNTIME, inference, upstream_passthrough
+from controller.logs import Logs
 from controller.routes import GET_ENDPOINTS, POST_ENDPOINTS, is_anthropic
 from controller.runtime import Runtime
 
@@ -38,12 +39,17 @@ _OPEN_PATHS = frozenset({"/health", "/wol-health", "/favicon.ico"})
 _CORS_DEFAULT_HEADERS = "Content-Type, Authorization, Accept, X-Requested-With"
 
 
-def create_app(config: Config, backend: Backend) -> web.Application:
+def create_app(
+    config: Config, backend: Backend, logs: Logs | None = None
+) -> web.Application:
+    """The whole server. ``logs`` outlive reloads; tests may pass their own."""
+    logs = logs or Logs(log_to_stdout="none")
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
         middlewares=[cors_middleware, error_middleware, auth_middleware],
     )
-    app[RUNTIME] = Runtime(config, backend)
+    app[RUNTIME] = Runtime(config, backend, logs)
+    monitor.setup(app, config, logs)
     app.on_startup.append(_start_preload)
     app.on_shutdown.append(_refuse_waiting)
     app.cleanup_ctx.append(_lifecycle)
@@ -71,6 +77,7 @@ def _add_routes(r: web.UrlDispatcher) -> None:
     r.add_get("/ui", admin.ui)
     r.add_get("/ui/{tail:.*}", admin.ui)
     r.add_route("*", "/upstream/{tail:.*}", upstream_passthrough)
+    monitor.add_routes(r)
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:

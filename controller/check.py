@@ -101,10 +101,13 @@ def config_schema() -> dict[str, Any]:
     schema["title"] = "swapvisor / llama-swap config.yaml"
     _drop_property_titles(schema)
     defs = schema["$defs"]
-    # Keys swapvisor accepts but does not apply yet (a load warns about each),
-    # declared so editors complete them; a generated property wins.
-    for key, spec in _NOT_YET_PROPERTIES.items():
-        schema["properties"].setdefault(key, spec)
+    # Hand-written descriptions and enums for the observability keys; the
+    # generated property keeps its types.
+    for key, spec in _OBSERVABILITY_PROPERTIES.items():
+        prop = schema["properties"].setdefault(key, spec)
+        for extra in ("description", "enum", "deprecated"):
+            if extra in spec:
+                prop.setdefault(extra, spec[extra])
     defs["Filters"]["properties"].setdefault("strip_params", _LEGACY_STRIP_PARAMS)
     for where, texts in _DESCRIPTIONS.items():
         props = schema["properties"] if where == "Config" else defs[where]["properties"]
@@ -132,21 +135,20 @@ def _drop_property_titles(node: Any) -> None:
             _drop_property_titles(value)
 
 
-_NOT_YET = "Accepted for llama-swap compatibility; not applied by swapvisor yet. "
 _LEGACY_STRIP_PARAMS: dict[str, Any] = {
     "type": "string",
     "deprecated": True,
     "description": "Legacy spelling of stripParams, used when stripParams is empty.",
 }
-_NOT_YET_PROPERTIES: dict[str, dict[str, Any]] = {
+_OBSERVABILITY_PROPERTIES: dict[str, dict[str, Any]] = {
     "logTimeFormat": {
         "type": "string",
-        "description": _NOT_YET + "Timestamp layout of log lines (e.g. rfc3339).",
+        "description": "Timestamp layout of log lines (e.g. rfc3339).",
     },
     "logToStdout": {
         "type": "string",
         "enum": ["proxy", "upstream", "both", "none"],
-        "description": _NOT_YET + "Which logs are copied to stdout.",
+        "description": "Which logs are copied to stdout.",
     },
     "logRequests": {
         "type": "boolean",
@@ -155,16 +157,16 @@ _NOT_YET_PROPERTIES: dict[str, dict[str, Any]] = {
     },
     "metricsMaxInMemory": {
         "type": "integer",
-        "description": _NOT_YET + "Activity rows kept in memory (default 1000).",
+        "description": "Activity rows kept in memory (default 1000).",
     },
     "captureBuffer": {
         "type": "integer",
-        "description": _NOT_YET + "Capture cache size in MB; 0 disables captures.",
+        "description": "Capture cache size in MB; 0 disables captures.",
     },
     "store": {
         "type": "object",
         "properties": {"path": {"type": "string"}},
-        "description": _NOT_YET + "path: SQLite file for the activity log.",
+        "description": "path: SQLite file for the activity log.",
     },
     "ui": {
         "type": "object",
@@ -176,7 +178,7 @@ _NOT_YET_PROPERTIES: dict[str, dict[str, Any]] = {
                 },
             }
         },
-        "description": _NOT_YET + "activity.session_id: session id header names.",
+        "description": "activity.session_id: session id header names.",
     },
     "performance": {
         "type": "object",
@@ -184,7 +186,7 @@ _NOT_YET_PROPERTIES: dict[str, dict[str, Any]] = {
             "disabled": {"type": "boolean"},
             "every": {"type": "string"},
         },
-        "description": _NOT_YET + "CPU/RAM/GPU sampling (every: Go duration, >= 5s).",
+        "description": "CPU/RAM/GPU sampling (every: Go duration, >= 5s).",
     },
 }
 _DESCRIPTIONS: dict[str, dict[str, str]] = {

@@ -48,10 +48,13 @@ from controller.sections import (
     Hooks,
     MatrixConfig,
     PeerConfig,
+    PerformanceSettings,
     ProfileConfig,
     Routing,
     SelectorConfig,
+    StoreSettings,
     Timeouts,
+    UiSettings,
     UpstreamSettings,
     Worded,
 )
@@ -70,18 +73,7 @@ DEFAULT_PROXY = "http://127.0.0.1:${PORT}"
 
 # llama-swap keys that later swapvisor work implements; accepted with a warning
 # that says they are not applied yet (rather than an "unknown key" warning).
-NOT_YET_TOP_KEYS = frozenset(
-    {
-        "logTimeFormat",
-        "logToStdout",
-        "logRequests",
-        "metricsMaxInMemory",
-        "captureBuffer",
-        "store",
-        "ui",
-        "performance",
-    }
-)
+NOT_YET_TOP_KEYS: frozenset[str] = frozenset()
 
 
 class _Section(BaseModel):
@@ -198,6 +190,26 @@ class Config(_Section):
     peers: dict[str, PeerConfig] = Field(default_factory=dict)
     profiles: dict[str, ProfileConfig] = Field(default_factory=dict)
     selectors: dict[str, SelectorConfig] = Field(default_factory=dict)
+    log_to_stdout: str = "proxy"
+    log_time_format: str = ""
+    log_requests: bool = False  # deprecated in llama-swap; accepted, ignored
+    metrics_max_in_memory: int = 1000
+    capture_buffer: int = 5  # MB; 0 disables captures
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    ui: UiSettings = Field(default_factory=UiSettings)
+    performance: PerformanceSettings = Field(default_factory=PerformanceSettings)
+
+    @field_validator("log_to_stdout")
+    @classmethod
+    def _log_to_stdout(cls, v: str) -> str:
+        if v not in ("proxy", "upstream", "both", "none"):
+            raise Worded("logToStdout must be one of: proxy, upstream, both, none")
+        return v
+
+    @field_validator("metrics_max_in_memory")
+    @classmethod
+    def _max_in_memory(cls, v: int) -> int:
+        return v if v > 0 else 1000
 
     @field_validator("profiles", mode="before")
     @classmethod

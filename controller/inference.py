@@ -8,6 +8,8 @@ start or a stop; the Router does.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
@@ -16,6 +18,7 @@ from aiohttp import hdrs, web
 from controller.errors import Conflict, ControllerError, ModelNotFound, NotFound
 from controller.filters import apply_filters
 from controller.loading import LoadingStream
+from controller.observe import OBSERVER, Recording
 from controller.proxy import (
     CLIENT_KEYS,
     DROP_REQUEST,
@@ -28,6 +31,8 @@ from controller.routes import is_anthropic, upstream_path
 from controller.states import UpstreamState
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from controller.config import Config, ModelConfig
     from controller.router import Admission
     from controller.runtime import Runtime
@@ -42,23 +47,57 @@ async def inference(request: web.Request) -> web.StreamResponse:
     wanted = read_model(request.method, _ctype(request), dict(request.query), body)
     name = rt.profiles.rewrite(wanted.model)
     choice = rt.selectors.choose(name)
+    meta = {"selector": choice.selector} if choice.selector else {}
     try:
-        return await _dispatch(request, rt, wanted, choice.target, body)
+        return await _dispatch(request, rt, wanted, choice.target, body, meta)
     finally:
         choice.release()
 
 
 async def _dispatch(
-    request: web.Request, rt: Runtime, wanted: ModelRequest, name: str, body: bytes
+    request: web.Request,
+    rt: Runtime,
+    wanted: ModelRequest,
+    name: str,
+    body: bytes,
+    meta: dict[str, str],
 ) -> web.StreamResponse:
     config = rt.config
     model_id = config.resolve(name)
+    peer = config.peer_of(name) if model_id is None else None
+    if model_id is None and peer is None:
+        raise model_not_found(config, name)
+    label = model_id or "/".join(peer or ())
     if model_id is not None:
-        return await _local(request, rt, wanted, name, model_id, body)
-    peer = config.peer_of(name)
-    if peer is not None:
-        return await _peer(request, rt, wanted, peer, body)
-    raise model_not_found(config, name)
+        meta["fifo_priority"] = str(config.priority(model_id))
+    with observed(request, label, upstream_path(request.path), body, meta) as rec:
+        if model_id is not None:
+            return await _local(request, rt, wanted, name, model_id, body, rec)
+        assert peer is not None
+        return await _peer(request, rt, wanted, peer, body, rec)
+
+
+@contextmanager
+def observed(
+    request: web.Request,
+    model: str,
+    path: str,
+    body: bytes | None,
+    meta: dict[str, str] | None = None,
+) -> Iterator[Recording | None]:
+    """Record a POST as in flight, then as activity (llama-swap records POSTs)."""
+    observer = request.app.get(OBSERVER)
+    if observer is None or request.method != hdrs.METH_POST:
+        yield None
+        return
+    rec = observer.begin(request, model, path, body, meta)
+    try:
+        yield rec
+    except ControllerError as exc:
+        rec.failed(exc.status, exc.message)
+        raise
+    finally:
+        rec.close()
 
 
 def model_not_found(config: Config, name: str) -> ModelNotFound:
@@ -81,6 +120,7 @@ async def _local(
     name: str,
     model_id: str,
     body: bytes,
+    rec: Recording | None = None,
 ) -> web.StreamResponse:
     model = rt.config.models[model_id]
     body, query = _rename(request, wanted, body, model.use_model_name or name)
@@ -101,17 +141,22 @@ async def _local(
             and not admission.ready_now
         ):
             return await _with_loading_state(
-                request, rt, admission, model_id, path, body
+                request, rt, admission, model_id, path, body, rec
             )
         upstream = await admission.granted()
-        route = local_route(rt.config, model, upstream, path, request.path)
+        route = local_route(rt.config, model, upstream, path, request.path, rec)
         return await rt.proxy.forward(request, route, body or None)
     finally:
         admission.release()
 
 
 def local_route(
-    config: Config, model: ModelConfig, upstream: Upstream, path: str, client_path: str
+    config: Config,
+    model: ModelConfig,
+    upstream: Upstream,
+    path: str,
+    client_path: str,
+    tap: Recording | None = None,
 ) -> Route:
     timeouts = model.timeouts
     return Route(
@@ -123,6 +168,7 @@ def local_route(
         drop_headers=DROP_REQUEST | CLIENT_KEYS if config.api_keys else DROP_REQUEST,
         connect_timeout_s=timeouts.connect or None,
         header_timeout_s=timeouts.response_header or None,
+        tap=tap,
     )
 
 
@@ -146,17 +192,20 @@ async def _with_loading_state(
     model_id: str,
     path: str,
     body: bytes,
+    rec: Recording | None,
 ) -> web.StreamResponse:
     stream = await LoadingStream.open(request, model_id, admission.position)
     try:
         upstream = await admission.granted()
     except ControllerError as exc:
+        if rec is not None:
+            rec.failed(exc.status, exc.message)
         return await stream.fail(openai_sse_error(exc.message, exc.code or "error"))
     finally:
         await stream.aclose()
     await stream.finish()
     route = local_route(
-        rt.config, rt.config.models[model_id], upstream, path, request.path
+        rt.config, rt.config.models[model_id], upstream, path, request.path, rec
     )
     return await rt.proxy.forward(request, route, body or None, into=stream.response)
 
@@ -170,6 +219,7 @@ async def _peer(
     wanted: ModelRequest,
     peer: tuple[str, str],
     body: bytes,
+    rec: Recording | None = None,
 ) -> web.StreamResponse:
     pid, peer_model = peer
     cfg = rt.config.peers[pid]
@@ -184,9 +234,8 @@ async def _peer(
             requested_id=peer_model,
         )
     path = upstream_path(request.path) + (f"?{query}" if query else "")
-    return await rt.proxy.forward(
-        request, peer_route(rt.config, pid, path, request.path), body or None
-    )
+    route = peer_route(rt.config, pid, path, request.path)
+    return await rt.proxy.forward(request, replace(route, tap=rec), body or None)
 
 
 def peer_route(config: Config, pid: str, path: str, client_path: str) -> Route:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -20,7 +20,7 @@ from multidict import CIMultiDict
 from controller.errors import SRC, UpstreamError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
+    from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 
 HOP_BY_HOP = frozenset(
     {
@@ -78,6 +78,14 @@ class Route:
     connect_timeout_s: float | None = None
     header_timeout_s: float | None = None
     label: str = "upstream"
+    # Sees the response headers and every relayed chunk (activity, metrics).
+    tap: Tap | None = None
+
+
+class Tap(Protocol):
+    def headers(self, status: int, headers: Iterable[tuple[str, str]]) -> None: ...
+
+    def chunk(self, data: bytes) -> None: ...
 
 
 class Proxy:
@@ -208,9 +216,14 @@ async def _relay(
         response.headers["X-Accel-Buffering"] = "no"
     if upstream.content_length is not None and not is_sse:
         response.content_length = upstream.content_length
+    tap = route.tap
+    if tap is not None:
+        tap.headers(upstream.status, upstream.headers.items())
     await response.prepare(request)
     try:
         async for chunk in upstream.content.iter_any():
+            if tap is not None:
+                tap.chunk(chunk)
             await response.write(chunk)
     except (aiohttp.ClientError, OSError) as exc:
         message = (
@@ -231,6 +244,9 @@ async def _append(
     upstream: aiohttp.ClientResponse, into: web.StreamResponse, route: Route
 ) -> web.StreamResponse:
     """Continue an already-started SSE response with the upstream's stream."""
+    tap = route.tap
+    if tap is not None:
+        tap.headers(upstream.status, upstream.headers.items())
     if upstream.status != 200 or upstream.content_type != "text/event-stream":
         # Headers are gone: say it inside the stream, well-formed.
         text = (await upstream.read()).decode("utf-8", "replace")
@@ -240,6 +256,8 @@ async def _append(
     else:
         try:
             async for chunk in upstream.content.iter_any():
+                if tap is not None:
+                    tap.chunk(chunk)
                 await into.write(chunk)
         except (aiohttp.ClientError, OSError) as exc:
             await into.write(

@@ -16,6 +16,7 @@ from controller.config import load_config
 from controller.errors import ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from controller.runtime import Runtime
@@ -28,9 +29,14 @@ Fingerprint = tuple[tuple[str, int, int], ...]
 
 class Reloader:
     def __init__(
-        self, runtime: Runtime, config_file: Path | None, config_dir: Path | None
+        self,
+        runtime: Runtime,
+        config_file: Path | None,
+        config_dir: Path | None,
+        on_reload: Callable[[], None] | None = None,
     ) -> None:
         self._runtime = runtime
+        self._on_reload = on_reload
         self._file = config_file
         self._dir = config_dir
         self._task: asyncio.Task[None] | None = None
@@ -63,6 +69,8 @@ class Reloader:
             log.warning("config: %s", warning)
         restarting = self._runtime.reload(loaded.config)
         self.reloads += 1
+        if self._on_reload is not None:
+            self._on_reload()
         log.info(
             "config reloaded; restarting after drain: %s",
             ", ".join(restarting) or "none",

@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from controller.crosscheck import matrix_policy
 from controller.errors import ControllerError, ModelUnloaded, UpstreamStartError
 from controller.eviction import Group, GroupPolicy
-from controller.logs import LogBuffer
+from controller.logs import Logs
 from controller.scheduler import EvictionPolicy, Scheduler, Ticket
 from controller.states import UpstreamState
-from controller.upstream import Upstream
+from controller.upstream import StateListener, Upstream
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Set
+    from collections.abc import AsyncIterator, Callable, Set
 
     from backends.base import Backend
     from controller.config import Config
@@ -70,9 +71,12 @@ class Admission:
 
 
 class Router:
-    def __init__(self, config: Config, backend: Backend) -> None:
+    def __init__(
+        self, config: Config, backend: Backend, logs: Logs | None = None
+    ) -> None:
         self.config = config
         self.backend = backend
+        self.logs = logs or Logs(log_to_stdout="none")
         self.upstreams: dict[str, Upstream] = {
             mid: self._new_upstream(config, mid) for mid in sorted(config.models)
         }
@@ -83,6 +87,9 @@ class Router:
         # Per model: the upstream a swap is making ready, and that wait.
         self._starting: dict[str, tuple[Upstream, asyncio.Task[None]]] = {}
         self._serving: dict[int, Upstream] = {}
+        # Observers (events, metrics): called synchronously, must not block.
+        self.state_listeners: list[StateListener] = []
+        self.swap_listeners: list[Callable[[str, float], None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- what handlers use ------------------------------------------------------------
@@ -128,7 +135,7 @@ class Router:
             unload_grace_s=config.unload_grace_s(mid),
             ttl_s=config.ttl_s(mid),
             on_change=self._on_state_change,
-            logs=LogBuffer(),
+            logs=self.logs.model(mid),
         )
 
     def reconfigure(self, config: Config) -> list[str]:
@@ -184,7 +191,9 @@ class Router:
     async def aclose(self) -> None:
         """Fail waiting requests, stop every upstream, close the backend."""
         self.scheduler.shutdown()
-        await asyncio.gather(*(u.stop() for u in self.upstreams.values()))
+        await asyncio.gather(
+            *(u.stop(reason="shutdown") for u in self.upstreams.values())
+        )
         await asyncio.gather(*self._retiring, return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
@@ -230,13 +239,18 @@ class Router:
 
     async def _swap(self, target: str, evict: frozenset[str]) -> None:
         error: ControllerError | None = None
+        began = time.monotonic()
         try:
             if evict:
                 log.info(
                     "swap: stopping %s to start %s", ", ".join(sorted(evict)), target
                 )
             await asyncio.gather(
-                *(u.stop() for m in evict if (u := self.upstreams.get(m)) is not None)
+                *(
+                    u.stop(reason="swap")
+                    for m in evict
+                    if (u := self.upstreams.get(m)) is not None
+                )
             )
             await self._ensure_current(target)
         except ControllerError as exc:
@@ -244,6 +258,9 @@ class Router:
         except Exception as exc:  # a task's top level: log, then report
             log.exception("swap to %s failed", target)
             error = UpstreamStartError(f"model {target} failed to start: {exc!r}")
+        if error is None:
+            for listener in self.swap_listeners:
+                listener(target, time.monotonic() - began)
         self.scheduler.swap_done(target, error)
 
     async def _ensure_current(self, target: str) -> None:
@@ -281,5 +298,7 @@ class Router:
         self, upstream: Upstream, old: UpstreamState, new: UpstreamState
     ) -> None:
         log.debug("%s: %s -> %s", upstream.id, old.value, new.value)
+        for listener in self.state_listeners:
+            listener(upstream, old, new)
         if new in (UpstreamState.STOPPED, UpstreamState.FAILED):
             self.scheduler.drain()

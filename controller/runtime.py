@@ -15,12 +15,15 @@ from controller.selection import Profiles, Selectors
 if TYPE_CHECKING:
     from backends.base import Backend
     from controller.config import Config
+    from controller.logs import Logs
 
 
 class Runtime:
-    def __init__(self, config: Config, backend: Backend) -> None:
+    def __init__(
+        self, config: Config, backend: Backend, logs: Logs | None = None
+    ) -> None:
         self.config = config
-        self.router = Router(config, backend)
+        self.router = Router(config, backend, logs)
         self.proxy = Proxy()
         self.profiles = Profiles(config)
         self.selectors = Selectors(config, self.router.state_of)

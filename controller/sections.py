@@ -261,3 +261,76 @@ class UpstreamSettings(Section):
 
     def patterns(self) -> tuple[re.Pattern[str], ...]:
         return tuple(re.compile(p) for p in (self.ignore_paths or DEFAULT_IGNORE_PATHS))
+
+
+class StoreSettings(Section):
+    path: str | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        if v is not None:
+            from controller.activity import validate_store_path
+
+            try:
+                validate_store_path(v)
+            except ValueError as exc:
+                raise Worded(str(exc)) from None
+        return v
+
+
+class UiActivity(Section):
+    session_id: list[str] = Field(
+        default_factory=lambda: ["X-Session-ID", "X-Litellm-Session-Id"],
+        alias="session_id",
+    )
+
+    @field_validator("session_id")
+    @classmethod
+    def _normalise(cls, v: list[str]) -> list[str]:
+        seen: dict[str, str] = {}
+        for name in (n.strip() for n in v):
+            if name and name.lower() not in seen:
+                seen[name.lower()] = name
+        return list(seen.values())
+
+
+class UiSettings(Section):
+    activity: UiActivity = Field(default_factory=UiActivity)
+
+
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(h|m|s|ms))+$")
+
+
+def go_duration_s(text: str) -> float:
+    """Seconds in a Go duration string such as ``5s``, ``1m30s`` or ``500ms``."""
+    if not _DURATION.match(text.strip()):
+        raise ValueError(f'invalid duration "{text}"')
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    return sum(
+        float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text)
+    )
+
+
+class PerformanceSettings(Section):
+    disabled: bool = False
+    every: str = "5s"
+
+    @field_validator("every")
+    @classmethod
+    def _every(cls, v: str) -> str:
+        from controller.perf import check_every
+
+        try:
+            check_every(go_duration_s(v))
+        except ValueError as exc:
+            raise Worded(
+                f"performance: {exc}".replace(
+                    "performance: performance: ", "performance: "
+                )
+            ) from None
+        return v
+
+    @property
+    def every_s(self) -> float:
+        return go_duration_s(self.every)

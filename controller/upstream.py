@@ -86,6 +86,7 @@ class Upstream:
         self.failure: ControllerError | None = None
         self.last_exit: ExitInfo | None = None
         self.in_flight = 0
+        self.stop_reason = ""  # why the current or last stop happened
         self.started_at: float | None = None
         self.last_start_s: float | None = None
         self._backend = backend
@@ -121,9 +122,13 @@ class Upstream:
             assert self._ready is not None
             await asyncio.shield(self._ready)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Stop the server (abort a start in progress). Idempotent; waits."""
+    async def stop(self, grace: float | None = None, reason: str = "unload") -> None:
+        """Stop the server (abort a start in progress). Idempotent; waits.
+
+        ``reason`` (swap, unload, ttl, reload, shutdown) is kept for metrics.
+        """
         if self.state in (S.STARTING, S.READY):
+            self.stop_reason = reason
             self._begin_stop(self.unload_grace_s if grace is None else grace)
         if self.state is S.STOPPING:
             assert self._stop_task is not None
@@ -163,7 +168,7 @@ class Upstream:
         """Removed or changed by a reload: stop once its requests have drained."""
         self._cancel_ttl()
         await self._idle.wait()
-        await self.stop()
+        await self.stop(reason="reload")
 
     async def exit_reason(self, wait_s: float) -> str | None:
         """If the server has exited (or does within ``wait_s``), how it ended and
@@ -343,6 +348,7 @@ class Upstream:
         """The server died on its own: reap it (no automatic restart)."""
         if self.state is S.READY and self._handle is handle:
             log.warning("%s upstream process exited unexpectedly", self.id)
+            self.stop_reason = "crash"
             self._begin_stop(0)
 
     def _tail_text(self) -> str:
@@ -368,6 +374,7 @@ class Upstream:
         if self.state is S.READY and self.in_flight == 0:
             log.info("%s Unloading model, TTL of %gs reached", self.id, self.ttl_s)
             self._ttl_task = None
+            self.stop_reason = "ttl"
             self._begin_stop(self.unload_grace_s)
 
     # -- state -----------------------------------------------------------------------

@@ -441,11 +441,34 @@ def test_config_each_unknown_key_is_named() -> None:
     assert [x.split(":")[0] for x in w] == ["foo1", "bar2", "models.m.baz3"]
 
 
-@pytest.mark.parametrize("key", ["store", "performance", "logToStdout"])
-def test_config_known_top_level_key_not_supported_yet_warns(key: str) -> None:
-    assert warnings_of(f"{key}: {{}}\n") == (
-        f"{key}: not supported by swapvisor yet; ignored",
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "logToStdout: loud\n",
+            "logToStdout must be one of: proxy, upstream, both, none",
+        ),
+        (
+            "performance: {every: 4s}\n",
+            "performance: every must be at least 5s, got 4s",
+        ),
+        ("store: {path: /}\n", "store.path: / is a directory, not a file"),
+    ],
+)
+def test_config_observability_keys_are_validated(text: str, message: str) -> None:
+    assert error_of(text) == message
+
+
+def test_config_observability_keys_have_llama_swap_defaults() -> None:
+    cfg = load("")
+    assert (cfg.log_to_stdout, cfg.capture_buffer, cfg.metrics_max_in_memory) == (
+        "proxy",
+        5,
+        1000,
     )
+    assert cfg.performance.every_s == 5.0 and not cfg.performance.disabled
+    assert cfg.ui.activity.session_id == ["X-Session-ID", "X-Litellm-Session-Id"]
+    assert cfg.store.path is None
 
 
 def test_config_nested_unknown_keys_are_named() -> None:

@@ -46,7 +46,7 @@ def test_schema_declares_camel_case_keys_with_descriptions() -> None:
     assert all(value.get("description") for value in model.values())
 
 
-def test_schema_declares_keys_swapvisor_does_not_apply_yet() -> None:
+def test_schema_declares_the_observability_keys() -> None:
     top = config_schema()["properties"]
     for key in (
         "logTimeFormat",

@@ -1,0 +1,276 @@
+// Models: live state of every model (modelStatus events), load / unload per
+// model, Unload all, and a link to each upstream's own UI.
+
+import {
+  h, fill, request, modelPath, stateBadge, updateStateBadge, fmtDuration,
+  load, save, toast,
+} from '../lib.js';
+import { bus, store } from '../state.js';
+
+export const title = 'Models';
+
+// model id -> { kind: 'load'|'unload', since, controller }
+const pending = new Map();
+const errors = new Map();
+const cards = new Map();
+let list, peersBox, peersList, readyCount, unloadAll, showUnlisted, emptyNote;
+let ticker = null;
+
+export function mount(root) {
+  readyCount = h('p', { class: 'muted', id: 'ready-count', role: 'status' }, 'Loading model list…');
+  showUnlisted = h('input', {
+    type: 'checkbox', id: 'show-unlisted', checked: load('models.showUnlisted', false),
+    onchange: () => { save('models.showUnlisted', showUnlisted.checked); render(); },
+  });
+  unloadAll = h('button', { class: 'btn danger', type: 'button', id: 'unload-all', onclick: onUnloadAll }, 'Unload all');
+  list = h('ul', { class: 'model-list', id: 'model-list', 'aria-label': 'Local models' });
+  emptyNote = h('p', { class: 'empty', hidden: true }, 'No models configured.');
+  peersList = h('ul', { class: 'model-list peers', 'aria-label': 'Peer models' });
+  peersBox = h('section', { class: 'peers-box', hidden: true, 'aria-labelledby': 'peers-title' },
+    h('h2', { id: 'peers-title' }, 'Peers'),
+    h('p', { class: 'muted small' }, 'Models served by other machines. Requests are forwarded; nothing is loaded here.'),
+    peersList);
+  fill(root,
+    h('div', { class: 'page-head' },
+      h('div', {},
+        h('h1', { id: 'title-models' }, 'Models'),
+        readyCount),
+      h('div', { class: 'page-actions' },
+        h('label', { class: 'check' }, showUnlisted, ' Show unlisted'),
+        unloadAll)),
+    list, emptyNote, peersBox);
+  bus.on('models', render);
+  render();
+}
+
+export function show() {
+  clearInterval(ticker);
+  ticker = setInterval(tick, 500);
+}
+
+export function hide() {
+  clearInterval(ticker);
+  ticker = null;
+}
+
+function localModels() {
+  return store.models.filter((m) => !m.peerID);
+}
+
+function render() {
+  if (!list) return;
+  const locals = localModels();
+  const visible = locals.filter((m) => showUnlisted.checked || !m.unlisted);
+  const ready = locals.filter((m) => m.state === 'ready').length;
+  readyCount.textContent = store.modelsKnown
+    ? `${ready} of ${locals.length} ready${locals.length !== visible.length ? ` · ${locals.length - visible.length} unlisted hidden` : ''}`
+    : 'Loading model list…';
+  emptyNote.hidden = !store.modelsKnown || visible.length > 0;
+  const seen = new Set();
+  visible.forEach((model, i) => {
+    seen.add(model.id);
+    let card = cards.get(model.id);
+    if (!card) {
+      card = buildCard(model);
+      cards.set(model.id, card);
+    }
+    updateCard(card, model);
+    if (list.children[i] !== card.el) list.insertBefore(card.el, list.children[i] || null);
+  });
+  for (const [id, card] of cards) {
+    if (!seen.has(id)) {
+      card.el.remove();
+      cards.delete(id);
+    }
+  }
+  const peers = store.models.filter((m) => m.peerID);
+  peersBox.hidden = peers.length === 0;
+  fill(peersList, peers.map((p) => h('li', { class: 'model-card peer', dataset: { model: p.id } },
+    h('div', { class: 'model-main' },
+      stateBadge('peer'),
+      h('div', { class: 'model-titles' },
+        h('h3', { class: 'model-name' }, p.id),
+        h('span', { class: 'muted small' }, `via ${p.peerID}`))))));
+  unloadAll.disabled = !locals.some((m) => m.state !== 'stopped' && m.state !== 'failed') && !unloadAll.classList.contains('pending');
+}
+
+function buildCard(model) {
+  const badge = stateBadge(model.state);
+  const elapsed = h('span', { class: 'elapsed muted small', 'aria-live': 'off' });
+  const name = h('h3', { class: 'model-name' });
+  const idLine = h('p', { class: 'model-id' });
+  const desc = h('p', { class: 'model-desc muted' });
+  const tags = h('p', { class: 'tags' });
+  const error = h('p', { class: 'card-error', role: 'alert', hidden: true });
+  const action = h('button', { class: 'btn primary action', type: 'button' });
+  const open = h('a', {
+    class: 'btn ghost', href: `/upstream/${modelPath(model.id)}/`, target: '_blank', rel: 'noopener',
+  }, 'Open UI ↗');
+  const logsLink = h('a', { class: 'btn ghost', href: `#/logs?model=${encodeURIComponent(model.id)}` }, 'Logs');
+  const el = h('li', { class: 'model-card', dataset: { model: model.id } },
+    h('div', { class: 'model-main' },
+      h('div', { class: 'state-col' }, badge, elapsed),
+      h('div', { class: 'model-titles' }, name, idLine, desc, tags, error)),
+    h('div', { class: 'model-actions' }, action, open, logsLink));
+  const card = { el, badge, elapsed, name, idLine, desc, tags, error, action, open, logsLink, model };
+  action.addEventListener('click', () => onAction(card));
+  return card;
+}
+
+function updateCard(card, model) {
+  card.model = model;
+  card.el.dataset.state = model.state;
+  updateStateBadge(card.badge, model.state);
+  const label = model.name || model.id;
+  card.name.textContent = label;
+  card.idLine.replaceChildren(
+    ...(model.name ? [h('code', {}, model.id)] : []),
+    ...(model.aliases?.length ? [h('span', { class: 'muted small' }, ` aliases: ${model.aliases.join(', ')}`)] : []));
+  card.idLine.hidden = !model.name && !model.aliases?.length;
+  card.desc.textContent = model.description || '';
+  card.desc.hidden = !model.description;
+  const caps = Object.entries(model.capabilities || {}).filter(([, v]) => v).map(([k]) => k.replace(/_/g, ' '));
+  fill(card.tags,
+    model.unlisted ? h('span', { class: 'tag' }, 'unlisted') : null,
+    caps.map((c) => h('span', { class: 'tag' }, c)),
+    model.context_length ? h('span', { class: 'tag' }, `ctx ${model.context_length.toLocaleString()}`) : null);
+  card.tags.hidden = !card.tags.childElementCount;
+  card.open.setAttribute('aria-label', `Open ${label}'s own web UI in a new tab`);
+  card.logsLink.setAttribute('aria-label', `Logs of ${label}`);
+  const err = errors.get(model.id);
+  card.error.hidden = !err;
+  card.error.textContent = err || '';
+  updateAction(card);
+}
+
+function updateAction(card) {
+  const { model, action } = card;
+  const p = pending.get(model.id);
+  const label = model.name || model.id;
+  let text, aria, disabled = false, kind = 'primary';
+  if (p?.kind === 'unload') {
+    text = 'Unloading…'; aria = `Unloading ${label}`; disabled = true; kind = 'secondary';
+  } else if (p?.kind === 'load' && (model.state === 'stopped' || model.state === 'starting' || model.state === 'failed')) {
+    text = 'Cancel load'; aria = `Cancel loading ${label}`; kind = 'secondary';
+  } else if (model.state === 'starting') {
+    text = 'Stop'; aria = `Stop loading ${label}`; kind = 'secondary';
+  } else if (model.state === 'ready') {
+    text = 'Unload'; aria = `Unload ${label}`; kind = 'secondary';
+  } else if (model.state === 'stopping') {
+    text = 'Stopping…'; aria = `${label} is stopping`; disabled = true; kind = 'secondary';
+  } else {
+    text = model.state === 'failed' ? 'Retry load' : 'Load'; aria = `Load ${label}`;
+  }
+  action.textContent = text;
+  action.setAttribute('aria-label', aria);
+  action.disabled = disabled;
+  action.className = `btn ${kind} action`;
+  action.classList.toggle('pending', Boolean(p));
+  if (p) action.setAttribute('aria-busy', 'true');
+  else action.removeAttribute('aria-busy');
+  action.dataset.action = text.toLowerCase().replace(/[^a-z]+/g, '-').replace(/-$/, '');
+  tickCard(card);
+}
+
+function tickCard(card) {
+  const p = pending.get(card.model.id);
+  const busyState = card.model.state === 'starting' || card.model.state === 'stopping';
+  if (p && (p.kind === 'load' || busyState)) {
+    card.elapsed.textContent = fmtDuration(performance.now() - p.since);
+  } else {
+    card.elapsed.textContent = '';
+  }
+}
+
+function tick() {
+  for (const card of cards.values()) tickCard(card);
+}
+
+function onAction(card) {
+  const { model } = card;
+  const p = pending.get(model.id);
+  if (p?.kind === 'load') {
+    p.controller.abort();
+    unloadModel(model);
+  } else if (model.state === 'stopped' || model.state === 'failed') {
+    loadModel(model);
+  } else if (model.state === 'starting' || model.state === 'ready') {
+    unloadModel(model);
+  }
+}
+
+/** Load = GET /upstream/<id>/ (as llama-swap's UI); abortable. */
+async function loadModel(model) {
+  const controller = new AbortController();
+  pending.set(model.id, { kind: 'load', since: performance.now(), controller });
+  errors.delete(model.id);
+  render();
+  try {
+    const resp = await fetch(`/upstream/${modelPath(model.id)}/?_=${Date.now()}`, {
+      credentials: 'same-origin', signal: controller.signal, headers: { Accept: 'text/html,*/*' },
+    });
+    // Any answer from the upstream itself means it is up; an error before
+    // that (start failed, 5xx from swapvisor) says why.
+    if (!resp.ok && resp.status >= 500 && stateOf(model.id) !== 'ready') {
+      const body = await resp.text().catch(() => '');
+      throw new Error(`${resp.status}: ${messageOf(body)}`);
+    }
+    resp.body?.cancel().catch(() => {});
+  } catch (err) {
+    if (err.name !== 'AbortError') {
+      errors.set(model.id, `Load failed – ${err.message}`);
+      toast(`Could not load ${model.id}: ${err.message}`, 'error');
+    }
+  } finally {
+    if (pending.get(model.id)?.controller === controller) pending.delete(model.id);
+    render();
+  }
+}
+
+async function unloadModel(model) {
+  pending.set(model.id, { kind: 'unload', since: performance.now(), controller: null });
+  errors.delete(model.id);
+  render();
+  try {
+    await request(`/api/models/unload/${modelPath(model.id)}`, { method: 'POST' });
+  } catch (err) {
+    errors.set(model.id, `Unload failed – ${err.message}`);
+    toast(`Could not unload ${model.id}: ${err.message}`, 'error');
+  } finally {
+    if (pending.get(model.id)?.kind === 'unload') pending.delete(model.id);
+    render();
+  }
+}
+
+async function onUnloadAll() {
+  const old = unloadAll.textContent;
+  unloadAll.classList.add('pending');
+  unloadAll.setAttribute('aria-busy', 'true');
+  unloadAll.disabled = true;
+  unloadAll.textContent = 'Unloading all…';
+  for (const p of pending.values()) p.controller?.abort();
+  try {
+    await request('/api/models/unload', { method: 'POST' });
+    toast('All models unloaded');
+  } catch (err) {
+    toast(`Unload all failed: ${err.message}`, 'error');
+  } finally {
+    unloadAll.classList.remove('pending');
+    unloadAll.removeAttribute('aria-busy');
+    unloadAll.textContent = old;
+    render();
+  }
+}
+
+function stateOf(id) {
+  return store.models.find((m) => m.id === id)?.state;
+}
+
+function messageOf(body) {
+  try {
+    const parsed = JSON.parse(body);
+    return parsed?.error?.message || parsed?.message || body;
+  } catch {
+    return body.replace(/<[^>]+>/g, ' ').trim().slice(0, 200) || 'error';
+  }
+}
