@@ -3,8 +3,10 @@ configs, the bind warning, config warnings, and the always-open endpoints."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import ssl
 import subprocess
 import urllib.request
 from typing import TYPE_CHECKING
@@ -189,7 +191,7 @@ def test_listening_on_all_hosts_warns(
     sv = spawn("--config", str(path), "--listen", listen.format(port=port))
     sv.wait_healthy(port)  # polled through 127.0.0.1 only
     out = sv.output()
-    assert "[WARNING]" in out
+    assert "[WARN]" in out
     assert "reachable by all hosts" in out
     assert f"--listen 127.0.0.1:{port}" in out
     assert sv.close() == 0
@@ -205,7 +207,7 @@ def test_config_warnings_are_logged(
     )
     sv = swapvisor(path)
     out = sv.output()
-    assert "[WARNING] config: bogusTop: unknown key, ignored" in out
+    assert "[WARN] config: bogusTop: unknown key, ignored" in out
     assert "config: models.m.cmdd: unknown key, ignored (did you mean 'cmd'?)" in out
     assert sv.stop() == 0
 
@@ -235,3 +237,106 @@ async def test_health_and_root_redirect(
         f"{keyed.url}/v1/models", headers={"Authorization": "Bearer sekrit"}
     ) as r:
         assert r.status == 200
+
+
+def test_config_dir_is_merged_after_the_config_file(
+    tmp_path: Path, spawn: Callable[..., Spawned], fleet: FakeFleet
+) -> None:
+    main = tmp_path / "main.yaml"
+    main.write_text("logLevel: info\nmacros: {who: merged}\n")
+    conf_d = tmp_path / "conf.d"
+    conf_d.mkdir()
+    (conf_d / "10-a.yaml").write_text(
+        "models:\n  a:\n    cmd: " + fleet.cmd("a") + "\n    name: ${who}\n"
+    )
+    (conf_d / "20-b.yml").write_text("models:\n  b:\n    cmd: " + fleet.cmd("b") + "\n")
+    port = free_port()
+    s = spawn(
+        "-config",
+        str(main),
+        "-config-dir",
+        str(conf_d),
+        "--listen",
+        f"127.0.0.1:{port}",
+    )
+    s.wait_healthy(port)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5) as r:
+        data = json.loads(r.read())["data"]
+    assert {m["id"]: m.get("name") for m in data} == {"a": "merged", "b": None}
+    assert s.close() == 0
+
+
+def test_duplicate_model_across_config_dir_files_is_a_clear_error(
+    tmp_path: Path,
+) -> None:
+    conf_d = tmp_path / "conf.d"
+    conf_d.mkdir()
+    (conf_d / "1.yaml").write_text(
+        "models: {a: {cmd: x, proxy: 'http://127.0.0.1:1'}}\n"
+    )
+    (conf_d / "2.yaml").write_text(
+        "models: {a: {cmd: y, proxy: 'http://127.0.0.1:1'}}\n"
+    )
+    done = run_cli("--config-dir", str(conf_d))
+    assert done.returncode == 1
+    [line] = done.stderr.splitlines()
+    assert 'duplicate models "a"' in line
+
+
+def test_tls_flags_serve_https(
+    tmp_path: Path, spawn: Callable[..., Spawned], write_config: Callable[[str], Path]
+) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    config = write_config("models: {}\n")
+    port = free_port()
+    s = spawn(
+        "--config",
+        str(config),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "-tls-cert-file",
+        str(cert),
+        "-tls-key-file",
+        str(key),
+    )
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False
+
+    def up() -> bool:
+        if s.proc.poll() is not None:
+            raise RuntimeError(s.output())
+        try:
+            with urllib.request.urlopen(
+                f"https://127.0.0.1:{port}/health", timeout=1, context=context
+            ) as r:
+                return bool(r.read() == b"OK")
+        except OSError:
+            return False
+
+    wait_until_sync(up, timeout=20)
+    assert "listening on https://127.0.0.1" in s.output()
+    assert s.close() == 0
+    done = run_cli("--config", str(config), "--tls-cert-file", str(cert))
+    assert done.returncode == 1
+    assert "both --tls-cert-file and --tls-key-file" in done.stderr
