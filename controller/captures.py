@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import base64
 import enum
-import json
 import threading
-import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -131,6 +129,11 @@ class Capture:
     resp_headers: dict[str, str] | None = None
     resp_body: bytes | None = None
 
+    def raw_size(self) -> int:
+        headers = (self.req_headers or {}) | (self.resp_headers or {})
+        bodies = len(self.req_body or b"") + len(self.resp_body or b"")
+        return bodies + sum(len(k) + len(v) for k, v in headers.items()) + 64
+
     def to_json(self) -> dict[str, Any]:
         """``GET /api/captures/{id}``: bodies base64 (Go's ``[]byte``), parts
         not captured are ``null``."""
@@ -180,8 +183,16 @@ def build_capture(
 # ---------------------------------------------------------------- buffer ---
 
 
+class Capturable(Protocol):
+    """A capture, or something that becomes one when it is fetched."""
+
+    def to_json(self) -> dict[str, Any]: ...
+
+    def raw_size(self) -> int: ...
+
+
 class CaptureBuffer:
-    """Byte-bounded FIFO of compressed captures keyed by activity id.
+    """Byte-bounded FIFO of captures keyed by activity id.
 
     ``max_bytes <= 0`` disables it: nothing is stored, ``add`` returns False.
     Thread-safe; compression runs outside the lock.
@@ -189,7 +200,7 @@ class CaptureBuffer:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max(max_bytes, 0)
-        self._items: OrderedDict[int, bytes] = OrderedDict()
+        self._items: OrderedDict[int, tuple[Capturable, int]] = OrderedDict()
         self._size = 0
         self._lock = threading.Lock()
 
@@ -204,7 +215,7 @@ class CaptureBuffer:
 
     @property
     def size(self) -> int:
-        """Bytes held (compressed)."""
+        """Bytes held (raw body and header bytes)."""
         return self._size
 
     def __len__(self) -> int:
@@ -213,31 +224,33 @@ class CaptureBuffer:
     def __contains__(self, entry_id: object) -> bool:
         return entry_id in self._items
 
-    def add(self, entry_id: int, capture: Capture) -> bool:
-        """Store ``capture``; False when disabled or larger than the buffer."""
+    def add(self, entry_id: int, capture: Capturable) -> bool:
+        """Store ``capture``; False when disabled or larger than the buffer.
+
+        Kept as is and counted by raw size: encoding and compressing every
+        capture on the request path cost more CPU per request than all of the
+        proxying (bench/), so that work happens only when one is fetched.
+        """
         if not self.enabled:
             return False
-        blob = zlib.compress(json.dumps(capture.to_json()).encode(), 6)
-        if len(blob) > self.max_bytes:
+        size = capture.raw_size()
+        if size > self.max_bytes:
             return False
         with self._lock:
             old = self._items.pop(entry_id, None)
-            self._size -= len(old) if old is not None else 0
-            while self._items and self._size + len(blob) > self.max_bytes:
-                _, evicted = self._items.popitem(last=False)
-                self._size -= len(evicted)
-            self._items[entry_id] = blob
-            self._size += len(blob)
+            self._size -= old[1] if old is not None else 0
+            while self._items and self._size + size > self.max_bytes:
+                _, (_, evicted) = self._items.popitem(last=False)
+                self._size -= evicted
+            self._items[entry_id] = (capture, size)
+            self._size += size
         return True
 
     def get(self, entry_id: int) -> dict[str, Any] | None:
         """The capture's JSON (see :meth:`Capture.to_json`), or None."""
         with self._lock:
-            blob = self._items.get(entry_id)
-        if blob is None:
-            return None
-        data: dict[str, Any] = json.loads(zlib.decompress(blob))
-        return data
+            item = self._items.get(entry_id)
+        return None if item is None else item[0].to_json()
 
     def clear(self) -> None:
         with self._lock:

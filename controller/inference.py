@@ -27,11 +27,11 @@ from controller.proxy import (
     openai_sse_error,
 )
 from controller.requests import ModelRequest, read_model, rewrite_model
-from controller.routes import is_anthropic, upstream_path
+from controller.routes import POST_ENDPOINTS, is_anthropic, upstream_path
 from controller.states import UpstreamState
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import AsyncIterable, Iterator
 
     from controller.config import Config, ModelConfig
     from controller.router import Admission
@@ -87,7 +87,7 @@ def observed(
 ) -> Iterator[Recording | None]:
     """Record a POST as in flight, then as activity (llama-swap records POSTs)."""
     observer = request.app.get(OBSERVER)
-    if observer is None or request.method != hdrs.METH_POST:
+    if observer is None or request.method != hdrs.METH_POST or body is None:
         yield None
         return
     rec = observer.begin(request, model, path, body, meta)
@@ -297,21 +297,32 @@ async def upstream_passthrough(request: web.Request) -> web.StreamResponse:
             raise web.HTTPMovedPermanently(location)
         raise web.HTTPPermanentRedirect(location)
     path = rest + (f"?{raw_query}" if sep else "")
-    body = request.content.iter_any() if request.body_exists else None
     model_id = rt.config.resolve(name)
-    if model_id is None:
-        pid = rt.config.peer_of(name)
-        assert pid is not None
-        return await rt.proxy.forward(
-            request, peer_route(rt.config, pid[0], path, rest), body
-        )
-    _refuse_ignored_path(rt, model_id, rest)
-    model = rt.config.models[model_id]
-    if _is_websocket(request):
-        return await _websocket(request, rt, model_id, path)
-    async with rt.router.lease(model_id) as upstream:
-        route = local_route(rt.config, model, upstream, path, rest)
-        return await rt.proxy.forward(request, route, body)
+    peer = rt.config.peer_of(name) if model_id is None else None
+    if model_id is not None:
+        _refuse_ignored_path(rt, model_id, rest)
+        if _is_websocket(request):
+            return await _websocket(request, rt, model_id, path)
+    # Requests to the inference endpoints are recorded as activity, as when
+    # sent to the endpoint directly; everything else streams straight through.
+    recorded = request.method == hdrs.METH_POST and rest in POST_ENDPOINTS
+    body: bytes | AsyncIterable[bytes] | None
+    kept: bytes | None = None
+    if recorded:
+        body = kept = await request.read()
+    else:
+        body = request.content.iter_any() if request.body_exists else None
+    label = model_id or "/".join(peer or ())
+    with observed(request, label, rest, kept) as rec:
+        tap = rec if recorded else None
+        if model_id is None:
+            assert peer is not None
+            route = peer_route(rt.config, peer[0], path, rest)
+            return await rt.proxy.forward(request, replace(route, tap=tap), body)
+        model = rt.config.models[model_id]
+        async with rt.router.lease(model_id) as upstream:
+            route = local_route(rt.config, model, upstream, path, rest, tap)
+            return await rt.proxy.forward(request, route, body)
 
 
 def _split_upstream_path(config: Config, raw_path: str) -> tuple[str, str]:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from typing import TextIO
 
 HISTORY_BYTES = 100 * 1024
@@ -25,11 +25,20 @@ LOG_TO_STDOUT = ("proxy", "upstream", "both", "none")
 Listener = Callable[[bytes], None]
 
 
+def _marker(dropped: int) -> bytes:
+    return f"\n— {dropped} bytes dropped —\n".encode()
+
+
 class Subscription:
-    """One live reader's bounded backlog."""
+    """One live reader's bounded backlog.
+
+    The drop marker goes where the bytes went missing: before the first chunk
+    kept after them, or at the end once the reader has caught up.
+    """
 
     def __init__(self, limit: int) -> None:
-        self._chunks: deque[bytes] = deque()
+        # (chunk, bytes it counts against the limit): markers count 0.
+        self._chunks: deque[tuple[bytes, int]] = deque()
         self._size = 0
         self._limit = limit
         self._dropped = 0
@@ -40,7 +49,10 @@ class Subscription:
         if self._size + len(data) > self._limit:
             self._dropped += len(data)
         else:
-            self._chunks.append(data)
+            if self._dropped:
+                self._chunks.append((_marker(self._dropped), 0))
+                self._dropped = 0
+            self._chunks.append((data, len(data)))
             self._size += len(data)
         self._wake.set()
 
@@ -52,12 +64,12 @@ class Subscription:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self._dropped:
-                yield f"\n— {self._dropped} bytes dropped —\n".encode()
-                self._dropped = 0
-            while self._chunks:
-                chunk = self._chunks.popleft()
-                self._size -= len(chunk)
+            while self._chunks or self._dropped:
+                if self._chunks:
+                    chunk, counted = self._chunks.popleft()
+                    self._size -= counted
+                else:
+                    chunk, self._dropped = _marker(self._dropped), 0
                 yield chunk
             if self.closed:
                 return
@@ -188,22 +200,46 @@ class ProxyLogHandler(logging.Handler):
     def __init__(self, monitor: LogMonitor, time_format: str = "") -> None:
         super().__init__()
         self._monitor = monitor
-        self._strftime = TIME_FORMATS.get(time_format.strip().lower(), "")
+        name = time_format.strip().lower()
+        self._time_format = name if name in TIME_FORMATS else ""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             level = _LEVEL_NAMES.get(record.levelname, record.levelname)
             stamp = ""
-            if self._strftime:
-                stamp = (
-                    time.strftime(self._strftime, time.localtime(record.created)) + " "
-                )
+            if self._time_format:
+                stamp = timestamp(self._time_format, record.created) + " "
             text = f"{stamp}[{level}] {record.getMessage()}\n"
             if record.exc_info:
                 text += logging.Formatter().formatException(record.exc_info) + "\n"
             self._monitor.write(text.encode())
         except Exception:  # a logging handler must never raise
             self.handleError(record)
+
+
+def timestamp(name: str, created: float) -> str:
+    """``created`` (local time) in the ``TIME_FORMATS`` layout ``name``, as Go
+    prints it.
+
+    Go's RFC3339 zone is ``Z`` for UTC, else ``+hh:mm`` (strftime's ``%z``
+    has no colon) and its nano form drops trailing zeros of the fraction;
+    ``Stamp{Milli,Nano}`` have 3 and 9 digits; ``Kitchen``'s hour is unpadded.
+    """
+    at = datetime.fromtimestamp(created).astimezone()
+    if name in ("rfc3339", "rfc3339nano"):
+        head, _, rest = at.isoformat(timespec="microseconds").partition(".")
+        fraction, zone = rest[:6], rest[6:]
+        fraction = fraction.rstrip("0") if name == "rfc3339nano" else ""
+        zone = "Z" if zone == "+00:00" else zone
+        return f"{head}.{fraction}{zone}" if fraction else head + zone
+    text = at.strftime(TIME_FORMATS[name])
+    if name == "stampmilli":
+        return text[:-3]
+    if name == "stampnano":
+        return text + "000"
+    if name == "kitchen":
+        return text.removeprefix("0")
+    return text
 
 
 def install(logs: Logs, level: str, time_format: str) -> ProxyLogHandler:

@@ -205,6 +205,7 @@ class Metrics:
             ["model", "state"],
             registry=r,
         )
+        self._gauged: set[str] = set()  # models with state/in-flight gauges
 
     # --- events ---------------------------------------------------------
 
@@ -254,6 +255,7 @@ class Metrics:
         name = state.value if isinstance(state, UpstreamState) else state
         if name not in MODEL_STATES:
             raise ValueError(f"unknown model state {name!r}")
+        self._gauged.add(model)
         for s in MODEL_STATES:
             self._state.labels(model, s).set(1 if s == name else 0)
 
@@ -267,7 +269,12 @@ class Metrics:
         self._queue_wait.labels(model).observe(s)
 
     def in_flight(self, model: str, n: int) -> None:
+        self._gauged.add(model)
         self._in_flight.labels(model).set(n)
+
+    def models(self) -> set[str]:
+        """The models that have state or in-flight gauges now."""
+        return set(self._gauged)
 
     def forget_model(self, model: str) -> None:
         """Drop a model's gauges (state, in-flight), e.g. once a reload
@@ -276,6 +283,7 @@ class Metrics:
             (self._state, (model, s)) for s in MODEL_STATES
         ]
         series.append((self._in_flight, (model,)))
+        self._gauged.discard(model)
         for gauge, labels in series:
             with contextlib.suppress(KeyError):  # older clients raise if absent
                 gauge.remove(*labels)

@@ -219,12 +219,17 @@ async def cancel_inflight(request: web.Request) -> web.Response:
 
 
 def _refresh_gauges(request: web.Request) -> Metrics:
-    """Queue depth and in-flight counts are read at scrape time, exact."""
+    """Queue depth, in-flight counts and model states are read at scrape
+    time, exact: a reload adds and removes models, and a changed model's old
+    server, draining, reports states under the same id as its replacement."""
     metrics = request.app[METRICS]
     router = request.app[RUNTIME].router
     metrics.queue_depth(len(router.scheduler.queued()))
     for mid, upstream in router.upstreams.items():
+        metrics.state_changed(mid, upstream.state)
         metrics.in_flight(mid, upstream.in_flight)
+    for gone in metrics.models() - router.upstreams.keys():
+        metrics.forget_model(gone)
     return metrics
 
 
@@ -315,6 +320,7 @@ def setup(app: web.Application, config: Config, logs: Logs) -> None:
     for source, monitor in (("proxy", logs.proxy), ("upstream", logs.upstream)):
         monitor.add_listener(_log_event(bus, source))
     connect_runtime(app)
+    app.on_shutdown.append(_end_streams)
     app.cleanup_ctx.append(_perf_sampler)
 
 
@@ -336,6 +342,7 @@ def connect_runtime(app: web.Application) -> None:
 
     rt.router.state_listeners.append(on_change)
     rt.router.swap_listeners.append(metrics.swap_done)
+    rt.router.grant_listeners.append(metrics.queue_wait)
     for mid, upstream in rt.router.upstreams.items():
         metrics.state_changed(mid, upstream.state.value)
 
@@ -358,6 +365,14 @@ def _log_event(bus: EventBus, source: str) -> Callable[[bytes], None]:
         bus.publish("logData", {"source": source, "data": _text(data)})
 
     return publish
+
+
+async def _end_streams(app: web.Application) -> None:
+    """End the event and log streams as shutdown begins: aiohttp waits for
+    open requests before cleanup, so a connected UI would hold it up for the
+    whole shutdown timeout. Clients reconnect to the next server."""
+    app[EVENTS].close()
+    app[LOGS].close_subscribers()
 
 
 async def _perf_sampler(app: web.Application) -> AsyncIterator[None]:

@@ -73,7 +73,10 @@ class Observer:
             self, str(next(self._ids)), request, model, path, body, dict(metadata or {})
         )
         self.in_flight[rec.id] = rec
-        self.events.publish("inflight", {"operation": "upsert", "request": rec.entry()})
+        if self.events.subscribers:
+            self.events.publish(
+                "inflight", {"operation": "upsert", "request": rec.entry()}
+            )
         return rec
 
     def snapshot(self) -> dict[str, Any]:
@@ -177,6 +180,8 @@ class Recording:
         return out
 
     def _upsert(self, force: bool = False) -> None:
+        if not self._obs.events.subscribers:
+            return  # nobody watching: don't build the entry at all
         now = time.monotonic()
         if force or now - self._last_upsert >= UPSERT_EVERY_S:
             self._last_upsert = now
@@ -226,21 +231,60 @@ class Recording:
         if not obs.captures.enabled or not usage.capturable or self._status == 0:
             return False
         raw = self._capture.getvalue() if self._capture is not None else None
-        lower = {k.lower(): v for k, v in self._resp_headers}
-        try:
-            body = decompress_body(raw, lower.get("content-encoding")) if raw else raw
-        except DecompressError:
-            return False
-        capture = build_capture(
+        capture = LazyCapture(
             rid,
             self.path,
-            self._request.headers.items(),
+            list(self._request.headers.items()),
             self._req_body,
             self._resp_headers,
-            body,
+            raw,
             self._status,
         )
         return obs.captures.add(rid, capture)
+
+
+class LazyCapture:
+    """The raw parts of a capture; redacted, decoded and shaped only when
+    fetched (doing that per request cost more CPU than the proxying)."""
+
+    def __init__(
+        self,
+        rid: int,
+        path: str,
+        req_headers: list[tuple[str, str]],
+        req_body: bytes | None,
+        resp_headers: list[tuple[str, str]],
+        resp_body: bytes | None,
+        status: int,
+    ) -> None:
+        self.rid, self.path, self.status = rid, path, status
+        self.req_headers, self.req_body = req_headers, req_body
+        self.resp_headers, self.resp_body = resp_headers, resp_body
+
+    def raw_size(self) -> int:
+        headers = sum(
+            len(k) + len(v) for k, v in (*self.req_headers, *self.resp_headers)
+        )
+        bodies = len(self.req_body or b"") + len(self.resp_body or b"")
+        return bodies + headers + 64
+
+    def to_json(self) -> dict[str, Any]:
+        encoding = next(
+            (v for k, v in self.resp_headers if k.lower() == "content-encoding"), None
+        )
+        try:
+            body = decompress_body(self.resp_body, encoding) if self.resp_body else None
+        except DecompressError:
+            body = None
+        return build_capture(
+            self.rid,
+            self.path,
+            self.req_headers,
+            self.req_body,
+            self.resp_headers,
+            body,
+            self.status,
+        ).to_json()
 
 
 def _rfc3339(ts: float) -> str:

@@ -64,7 +64,12 @@ class Admission:
         return self._router.scheduler.position(self.ticket)
 
     async def granted(self) -> Upstream:
-        return await self._granted
+        began = time.monotonic()
+        upstream = await self._granted
+        waited = time.monotonic() - began
+        for listener in self._router.grant_listeners:
+            listener(self.ticket.model, waited)
+        return upstream
 
     def release(self) -> None:
         self._router._release(self.ticket)
@@ -90,6 +95,8 @@ class Router:
         # Observers (events, metrics): called synchronously, must not block.
         self.state_listeners: list[StateListener] = []
         self.swap_listeners: list[Callable[[str, float], None]] = []
+        # (model, seconds from admission to grant): queue and load wait
+        self.grant_listeners: list[Callable[[str, float], None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- what handlers use ------------------------------------------------------------

@@ -14,9 +14,11 @@ routes with ``#/page`` hashes, so this only helps bookmarked deep links); an
 unknown file is 404. Only files found under ``controller/ui/`` when the first
 request arrives can ever be served: a request path is a key into that table,
 never joined onto the file system, so ``..`` and friends cannot escape it.
-Every response has an ``ETag`` and ``Cache-Control: no-cache`` (the browser
-keeps a copy but revalidates it, so an upgrade is seen at once and an
-unchanged file costs a 304).
+The files are read once, at the first request (restart swapvisor to serve
+edited ones). Every response has an ``ETag`` and ``Cache-Control: no-cache``
+(the browser keeps a copy but revalidates it, so an upgrade is seen at once
+and an unchanged file costs a 304); HTML also gets a Content-Security-Policy
+that allows this origin only.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from controller.activity import (
+    PRUNE_EVERY,
     SORT_COLUMNS,
     ActivityEntry,
     ActivityStore,
@@ -370,13 +371,16 @@ def test_has_capture_comes_from_the_callback(store: ActivityStore) -> None:
 # ---------------------------------------------------------- storage ---
 
 
-def test_in_memory_store_prunes_to_max_rows() -> None:
+def test_in_memory_store_prunes_to_max_rows_in_batches() -> None:
     s = ActivityStore(metrics_max_in_memory=3)
-    for _ in range(5):
+    for _ in range(PRUNE_EVERY):
         s.add(entry())
     assert s.in_memory
-    assert ids(s.query({})) == [5, 4, 3]
+    top = PRUNE_EVERY
+    assert ids(s.query({})) == [top, top - 1, top - 2]
     assert s.query({})["total"] == 3
+    s.add(entry())  # between batches a few more rows may stay
+    assert s.query({})["total"] == 4
     s.close()
 
 

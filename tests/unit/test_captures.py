@@ -188,10 +188,13 @@ def test_re_adding_an_id_replaces_it() -> None:
     assert len(buf) == 1 and buf.size < before
 
 
-def test_compressible_captures_count_compressed_bytes() -> None:
+def test_captures_count_raw_bytes() -> None:
+    # Stored uncompressed (compressing on the request path was too costly).
     buf = CaptureBuffer(4_096)
     big = Capture(1, "/v1/chat/completions", req_body=b"a" * 100_000)
-    assert buf.add(1, big) and buf.size < 4_096
+    assert not buf.add(1, big)
+    small = Capture(2, "/v1/chat/completions", req_body=b"a" * 1_000)
+    assert buf.add(2, small) and 1_000 < buf.size < 4_096
 
 
 def test_clear() -> None:
