@@ -115,18 +115,3 @@ async def health(request: web.Request) -> web.Response:
 
 async def root(request: web.Request) -> web.Response:
     raise web.HTTPFound("/ui")
-
-
-async def ui(request: web.Request) -> web.Response:
-    """A placeholder page until the web UI lands: what is loaded, and links."""
-    rt = request.app[RUNTIME]
-    rows = "".join(
-        f"<li><code>{mid}</code>: {u.state.value}</li>"
-        for mid, u in sorted(rt.router.upstreams.items())
-    )
-    html = (
-        f"<!doctype html><title>swapvisor</title><h1>swapvisor {__version__}</h1>"
-        f"<ul>{rows}</ul><p><a href='/v1/models'>/v1/models</a> · "
-        "<a href='/running'>/running</a></p>"
-    )
-    return web.Response(text=html, content_type="text/html")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import hdrs, web
 
-from controller import admin, monitor
+from controller import admin, monitor, ui_static
 from controller.errors import SRC, ControllerError, anthropic_body, openai_body
 from controller.inference import RUNTIME, inference, upstream_passthrough
 from controller.logs import Logs
@@ -74,8 +74,9 @@ def _add_routes(r: web.UrlDispatcher) -> None:
     r.add_get("/health", admin.health)
     r.add_get("/wol-health", admin.health)
     r.add_get("/", admin.root)
-    r.add_get("/ui", admin.ui)
-    r.add_get("/ui/{tail:.*}", admin.ui)
+    r.add_get("/ui", ui_static.serve_ui)
+    r.add_get("/ui/{tail:.*}", ui_static.serve_ui)
+    r.add_get("/favicon.ico", ui_static.favicon)
     r.add_route("*", "/upstream/{tail:.*}", upstream_passthrough)
     monitor.add_routes(r)
 

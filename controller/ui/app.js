@@ -55,7 +55,9 @@ function applyTheme(theme) {
   if (theme === 'system') delete document.documentElement.dataset.theme;
   else document.documentElement.dataset.theme = theme;
   const button = $('#theme');
-  button.textContent = `${THEME_ICON[theme]} ${theme[0].toUpperCase()}${theme.slice(1)}`;
+  fill(button,
+    h('span', { class: 'theme-icon', 'aria-hidden': 'true' }, THEME_ICON[theme]),
+    h('span', { class: 'theme-label' }, `${theme[0].toUpperCase()}${theme.slice(1)}`));
   button.setAttribute('aria-label', `Colour theme: ${theme}. Activate to change.`);
   button.title = `Theme: ${theme} (click to change)`;
 }

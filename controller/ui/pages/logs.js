@@ -41,12 +41,29 @@ class Panel {
     const lines = stripAnsi(this.text()).split('\n');
     if (lines.length && lines[lines.length - 1] === '') lines.pop();
     const shown = filter ? lines.filter((l) => filter.test(l)) : lines;
-    this.pre.textContent = shown.join('\n');
-    this.count.textContent = filter
-      ? `${shown.length} of ${lines.length} lines`
-      : `${lines.length} lines`;
+    this.pre.replaceChildren(highlight(shown));
+    const plural = (n) => `${n} line${n === 1 ? '' : 's'}`;
+    this.count.textContent = filter ? `${shown.length} of ${plural(lines.length)}` : plural(lines.length);
     if (autoScroll.checked) this.pre.scrollTop = this.pre.scrollHeight;
   }
+}
+
+const LEVEL = /\[(WARN|WARNING|ERROR|CRITICAL)\]|\b(ERROR|FATAL|Traceback)\b/;
+
+/** The lines as text nodes, warnings and errors in coloured spans. */
+function highlight(lines) {
+  const frag = document.createDocumentFragment();
+  let plain = '';
+  for (const line of lines) {
+    const m = LEVEL.exec(line);
+    if (!m) { plain += line + '\n'; continue; }
+    if (plain) frag.append(plain);
+    plain = '';
+    const level = (m[1] || m[2]).startsWith('WARN') ? 'warn' : 'error';
+    frag.append(h('span', { class: `lvl-${level}` }, line), '\n');
+  }
+  if (plain) frag.append(plain);
+  return frag;
 }
 
 export function mount(root) {
@@ -103,17 +120,24 @@ export function hide() {
   stopModelStream();
 }
 
+let sourcesKey = '';
+
 function fillSources(wanted) {
   const prev = typeof wanted === 'string' ? `model:${wanted}` : sourceSelect.value || load('logs.source', 'both');
   const ids = store.models.filter((m) => !m.peerID).map((m) => m.id);
   if (typeof wanted === 'string' && !ids.includes(wanted)) ids.push(wanted);
-  fill(sourceSelect,
-    h('option', { value: 'both' }, 'Proxy + upstream'),
-    h('option', { value: 'proxy' }, 'Proxy'),
-    h('option', { value: 'upstream' }, 'Upstream'),
-    ids.length ? h('optgroup', { label: 'Model' }, ids.map((id) => h('option', { value: `model:${id}` }, id))) : null);
+  const key = ids.join('\n');
+  if (key !== sourcesKey || !sourceSelect.options.length) {
+    // rebuilt only when the model list changes (not on every state change,
+    // which would close an open dropdown)
+    sourcesKey = key;
+    fill(sourceSelect,
+      h('option', { value: 'both' }, 'Proxy + upstream'),
+      h('option', { value: 'proxy' }, 'Proxy'),
+      h('option', { value: 'upstream' }, 'Upstream'),
+      ids.length ? h('optgroup', { label: 'Model' }, ids.map((id) => h('option', { value: `model:${id}` }, id))) : null);
+  }
   sourceSelect.value = prev;
-  if (sourceSelect.value !== prev) sourceSelect.value = prev.startsWith('model:') ? prev : 'both';
   if (!sourceSelect.value) sourceSelect.value = 'both';
 }
 
@@ -192,7 +216,10 @@ async function startModelStream(id) {
       });
       if (!resp.ok) {
         setModelStatus(await errorText(resp));
-        if (resp.status === 400 || resp.status === 404) return;
+        if (resp.status === 400 || resp.status === 404) {
+          if (modelStream?.controller === controller) modelStream = null;
+          return;
+        }
         throw new Error(String(resp.status));
       }
       modelText = ''; // the stream starts with the whole history

@@ -125,7 +125,7 @@ function updateCard(card, model) {
   card.name.textContent = label;
   card.idLine.replaceChildren(
     ...(model.name ? [h('code', {}, model.id)] : []),
-    ...(model.aliases?.length ? [h('span', { class: 'muted small' }, ` aliases: ${model.aliases.join(', ')}`)] : []));
+    ...(model.aliases?.length ? [h('span', { class: 'muted small' }, `${model.name ? ' · ' : ''}aliases: ${model.aliases.join(', ')}`)] : []));
   card.idLine.hidden = !model.name && !model.aliases?.length;
   card.desc.textContent = model.description || '';
   card.desc.hidden = !model.description;
