@@ -2,23 +2,29 @@
 
 Backends are mechanism, not policy: they launch, probe, tail and stop one
 workload. Retries, deadlines and eviction live in ``controller``. This module
-imports nothing outside the standard library.
+imports nothing outside the standard library (``backends.specs`` is stdlib too).
 
 Error tree::
 
     BackendError
     ├── BackendStartError    could not launch (bad command, missing image)
-    └── BackendUnavailable   the engine itself is unreachable
+    ├── BackendUnavailable   the engine itself is unreachable
+    └── BackendNotInstalled  the backend's optional dependency is missing
+
+Container engines also offer ``SupportsOrphanCleanup``: a second, optional
+protocol, so the core ``Backend`` stays the same for every kind.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
+
+    from backends.specs import ContainerSpec, MockSpec
 
 
 class BackendError(Exception):
@@ -33,6 +39,10 @@ class BackendUnavailable(BackendError):
     """The backend's infrastructure (a container engine) cannot be reached."""
 
 
+class BackendNotInstalled(BackendError):
+    """The backend needs an optional dependency; the message names the extra."""
+
+
 class Health(enum.Enum):
     STARTING = "starting"  # alive, the check endpoint does not answer 200 yet
     READY = "ready"  # the check endpoint answered 200 (or no check is configured)
@@ -45,6 +55,11 @@ class LaunchSpec:
 
     ``cmd_stop`` may hold the literal ``${PID}``; the backend replaces it with the
     workload's pid when it stops it.
+
+    ``container`` is what the container backends (docker, podman) run; when its
+    ``command`` is empty they run ``argv`` inside the image, and ``env`` is
+    merged under ``container.env``. ``mock`` drives the mock backend's
+    simulated lifecycle. The native backend ignores both.
     """
 
     argv: tuple[str, ...]
@@ -53,6 +68,8 @@ class LaunchSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     cmd_stop: tuple[str, ...] = ()
     probe_timeout_s: float = 2.0
+    container: ContainerSpec | None = None
+    mock: MockSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,4 +137,19 @@ class Backend(Protocol):
 
     async def aclose(self) -> None:
         """Release clients and sessions. Does not stop workloads."""
+        ...
+
+
+@runtime_checkable
+class SupportsOrphanCleanup(Protocol):
+    """A backend whose workloads can outlive swapvisor (container engines).
+
+    Every workload carries the backend's instance id (a container label), so a
+    new swapvisor with the same instance id finds what an earlier run left
+    behind when it was SIGKILLed, and removes it before serving.
+    """
+
+    async def reap_orphans(self) -> list[str]:
+        """Remove every workload labelled with this instance that this backend
+        object did not start; return their names. Call it once at start-up."""
         ...
