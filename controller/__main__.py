@@ -30,6 +30,7 @@ from controller.errors import ConfigError
 from controller.inference import RUNTIME
 from controller.logs import Logs, install as install_log_handler
 from controller.monitor import EVENTS, LOGS, model_status
+from controller.pool import default_instance
 from controller.reload import Reloader
 
 if TYPE_CHECKING:
@@ -172,7 +173,7 @@ async def serve(
     logs: Logs,
 ) -> None:
     """Run until SIGINT or SIGTERM, then stop every upstream and return."""
-    app = create_app(config, NativeBackend(), logs)
+    app = create_app(config, NativeBackend(), logs, default_instance(port))
     runner = web.AppRunner(
         app,
         handler_cancellation=True,

@@ -40,15 +40,20 @@ _CORS_DEFAULT_HEADERS = "Content-Type, Authorization, Accept, X-Requested-With"
 
 
 def create_app(
-    config: Config, backend: Backend, logs: Logs | None = None
+    config: Config,
+    backend: Backend,
+    logs: Logs | None = None,
+    instance: str | None = None,
 ) -> web.Application:
-    """The whole server. ``logs`` outlive reloads; tests may pass their own."""
+    """The whole server on ``backend`` (native processes; container and mock
+    backends are made as models need them). ``logs`` outlive reloads;
+    ``instance`` labels the containers this server owns."""
     logs = logs or Logs(log_to_stdout="none")
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
         middlewares=[cors_middleware, error_middleware, auth_middleware],
     )
-    app[RUNTIME] = Runtime(config, backend, logs)
+    app[RUNTIME] = Runtime(config, backend, logs, instance)
     monitor.setup(app, config, logs)
     app.on_startup.append(_start_preload)
     app.on_shutdown.append(_refuse_waiting)
@@ -90,7 +95,9 @@ PRELOAD = web.AppKey("preload", asyncio.Task[None])
 
 
 async def _start_preload(app: web.Application) -> None:
-    app[PRELOAD] = asyncio.create_task(preload(app[RUNTIME]))
+    rt = app[RUNTIME]
+    await rt.backends.reap_orphans(rt.config)
+    app[PRELOAD] = asyncio.create_task(preload(rt))
 
 
 async def preload(rt: Runtime) -> None:

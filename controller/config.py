@@ -43,10 +43,12 @@ from controller.merge import load_sources
 from controller.sections import (
     Capabilities,
     Compat,
+    ContainerBlock,
     Filters,
     GroupConfig,
     Hooks,
     MatrixConfig,
+    MockBlock,
     PeerConfig,
     PerformanceSettings,
     ProfileConfig,
@@ -110,6 +112,30 @@ class ModelConfig(_Section):
     # swapvisor extension: a per-model start deadline in seconds, with no 15 s
     # floor, so a small model that hangs fails fast.
     health_check_timeout: float | None = None
+    # swapvisor extensions: run the model through a container engine's API, or
+    # simulate it in-process (at most one of the three).
+    docker: ContainerBlock | None = None
+    podman: ContainerBlock | None = None
+    mock: MockBlock | None = None
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> ModelConfig:
+        chosen = [k for k in ("docker", "podman", "mock") if getattr(self, k)]
+        if len(chosen) > 1:
+            raise ValueError(f"choose one of docker, podman or mock, not {chosen}")
+        return self
+
+    @property
+    def backend_kind(self) -> str:
+        for kind in ("docker", "podman", "mock"):
+            if getattr(self, kind) is not None:
+                return kind
+        return "native"
+
+    @property
+    def engine_url(self) -> str | None:
+        block = self.docker or self.podman
+        return block.engine if block is not None else None
 
     @field_validator("ttl")
     @classmethod
@@ -360,6 +386,8 @@ class Config(_Section):
             check_endpoint=None if check == "none" else check or "/health",
             env=m.env_map(),
             cmd_stop=split_command(m.cmd_stop),
+            container=block.spec() if (block := m.docker or m.podman) else None,
+            mock=m.mock.spec() if m.mock is not None else None,
         )
 
 
@@ -521,8 +549,7 @@ def _expand_model(
     scope.update(local)
     model = {k: v if k == "macros" else substitute(v, scope) for k, v in model.items()}
     _substitute_by_id_keys(mid, model, scope)
-    cmd = model.get("cmd")
-    if isinstance(cmd, str) and "${PORT}" in cmd:
+    if _wants_port(model):
         model = substitute(model, {"PORT": next_port})
         _substitute_by_id_keys(mid, model, {"PORT": next_port})
         next_port += 1
@@ -533,6 +560,18 @@ def _expand_model(
         )
     _check_model_leftovers(mid, model)
     return model, next_port
+
+
+def _wants_port(model: dict[str, Any]) -> bool:
+    """llama-swap gives ${PORT} to models whose cmd uses it; swapvisor also to
+    container blocks that use it, and to mock models (they listen on it)."""
+    cmd = model.get("cmd")
+    if isinstance(cmd, str) and "${PORT}" in cmd:
+        return True
+    for kind in ("docker", "podman"):
+        if "${PORT}" in str(model.get(kind) or ""):
+            return True
+    return "mock" in model and "${PORT}" in str(model.get("proxy", ""))
 
 
 def _substitute_by_id_keys(

@@ -18,8 +18,14 @@ BACKLOG = 1024
 
 
 def frame(kind: str, data: Any) -> bytes:
-    envelope = {"type": kind, "data": json.dumps(data, separators=(",", ":"))}
-    return b"event:message\ndata:" + json.dumps(envelope).encode() + b"\n\n"
+    # Compact, as Go's json.Marshal writes it: byte for byte llama-swap's.
+    compact = (",", ":")
+    envelope = {"type": kind, "data": json.dumps(data, separators=compact)}
+    return (
+        b"event:message\ndata:"
+        + json.dumps(envelope, separators=compact).encode()
+        + b"\n\n"
+    )
 
 
 class EventBus:

@@ -24,8 +24,8 @@ from controller.upstream import StateListener, Upstream
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Set
 
-    from backends.base import Backend
     from controller.config import Config
+    from controller.pool import BackendPool
 
 log = logging.getLogger("swapvisor.router")
 
@@ -77,10 +77,10 @@ class Admission:
 
 class Router:
     def __init__(
-        self, config: Config, backend: Backend, logs: Logs | None = None
+        self, config: Config, backends: BackendPool, logs: Logs | None = None
     ) -> None:
         self.config = config
-        self.backend = backend
+        self.backends = backends
         self.logs = logs or Logs(log_to_stdout="none")
         self.upstreams: dict[str, Upstream] = {
             mid: self._new_upstream(config, mid) for mid in sorted(config.models)
@@ -137,7 +137,9 @@ class Router:
         return Upstream(
             mid,
             config.launch_spec(mid),
-            self.backend,
+            self.backends.get(
+                config.models[mid].backend_kind, config.models[mid].engine_url
+            ),
             start_deadline_s=config.start_deadline_s(mid),
             unload_grace_s=config.unload_grace_s(mid),
             ttl_s=config.ttl_s(mid),
@@ -205,7 +207,7 @@ class Router:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.backend.aclose()
+        await self.backends.aclose()
 
     # -- Effects (called synchronously by the scheduler) ----------------------
 

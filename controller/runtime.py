@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from controller.pool import BackendPool, default_instance
 from controller.proxy import Proxy
 from controller.router import Router
 from controller.selection import Profiles, Selectors
@@ -20,10 +21,15 @@ if TYPE_CHECKING:
 
 class Runtime:
     def __init__(
-        self, config: Config, backend: Backend, logs: Logs | None = None
+        self,
+        config: Config,
+        backend: Backend,
+        logs: Logs | None = None,
+        instance: str | None = None,
     ) -> None:
         self.config = config
-        self.router = Router(config, backend, logs)
+        self.backends = BackendPool(backend, instance or default_instance())
+        self.router = Router(config, self.backends, logs)
         self.proxy = Proxy()
         self.profiles = Profiles(config)
         self.selectors = Selectors(config, self.router.state_of)

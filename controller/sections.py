@@ -20,6 +20,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from backends.specs import ContainerSpec, MockSpec
+
 # llama-swap's default for upstream.ignorePaths (static assets never load a model).
 DEFAULT_IGNORE_PATHS = (r".*\.(js|json|css|png|gif|jpg|jpeg|ico|txt)$",)
 
@@ -334,3 +336,96 @@ class PerformanceSettings(Section):
     @property
     def every_s(self) -> float:
         return go_duration_s(self.every)
+
+
+class ContainerBlock(Section):
+    """``models.<id>.docker`` / ``.podman``: the model as a container the
+    engine's API owns (swapvisor's extension of llama-swap's config)."""
+
+    image: str
+    # Numbers allowed: a lone ${PORT} macro substitutes as an integer.
+    command: list[str | int | float] = Field(default_factory=list)
+    entrypoint: list[str | int | float] | None = None
+    env: dict[str, str | int | float | bool] | list[str] = Field(default_factory=dict)
+    volumes: list[str] = Field(default_factory=list)
+    ports: dict[int, int] = Field(default_factory=dict)
+    network: str = "host"
+    gpus: str | int | list[str | int] | None = None
+    shm_size: str | None = None
+    ipc: str | None = None
+    user: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    extra: dict[str, Any] = Field(default_factory=dict)
+    pull: str = "missing"
+    engine: str | None = None
+    stop_signal: str | None = None
+    name: str | None = None
+    init: bool = True
+
+    @model_validator(mode="after")
+    def _buildable(self) -> ContainerBlock:
+        self.spec()  # raises ValueError naming the problem
+        return self
+
+    def spec(self) -> ContainerSpec:
+        env = (
+            {k: str(v) for k, v in self.env.items()}
+            if isinstance(self.env, dict)
+            else {k: v for k, _, v in (item.partition("=") for item in self.env)}
+        )
+        gpus: str | int | list[str] | None = (
+            [str(g) for g in self.gpus] if isinstance(self.gpus, list) else self.gpus
+        )
+        if self.pull not in ("missing", "always", "never"):
+            raise ValueError(
+                f'pull must be one of missing, always, never, got "{self.pull}"'
+            )
+        return ContainerSpec(
+            image=self.image,
+            command=[str(a) for a in self.command],
+            entrypoint=None
+            if self.entrypoint is None
+            else [str(a) for a in self.entrypoint],
+            env=env,
+            volumes=self.volumes,
+            ports=self.ports,
+            network=self.network,
+            gpus=gpus,
+            shm_size=self.shm_size,
+            ipc=self.ipc,
+            user=self.user,
+            labels=self.labels,
+            extra=self.extra,
+            pull=self.pull,  # type: ignore[arg-type]
+            engine_url=self.engine,
+            stop_signal=self.stop_signal,
+            name=self.name,
+            init=self.init,
+        )
+
+
+class MockBlock(Section):
+    """``models.<id>.mock``: a simulated server for users' CI (no engine, no GPU)."""
+
+    start_delay: float = 0.0
+    health_failures: int = 0
+    crash_after_requests: int | None = None
+    exit_code: int = 1
+    startup_exit: bool = False
+    reply: str = "Hello from the swapvisor mock."
+    ignore_stop: bool = False
+    stop_delay: float = 0.0
+    chunk_delay: float = 0.0
+
+    def spec(self) -> MockSpec:
+        return MockSpec(
+            start_delay_s=self.start_delay,
+            health_failures=self.health_failures,
+            crash_after_requests=self.crash_after_requests,
+            exit_code=self.exit_code,
+            startup_exit=self.startup_exit,
+            reply=self.reply,
+            ignore_stop=self.ignore_stop,
+            stop_delay_s=self.stop_delay,
+            chunk_delay_s=self.chunk_delay,
+        )

@@ -1,0 +1,74 @@
+"""The backends a config needs, made on first use and closed together.
+
+Native is always there; docker, podman and mock are imported only when a
+model uses them (their SDKs are optional extras). Containers carry this
+instance's label, so a restarted swapvisor can remove what an earlier run of
+the same instance left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+from typing import TYPE_CHECKING
+
+from backends.base import BackendError, SupportsOrphanCleanup
+from backends.registry import load_backend
+
+if TYPE_CHECKING:
+    from backends.base import Backend
+    from controller.config import Config
+
+log = logging.getLogger("swapvisor.backends")
+
+
+def default_instance(port: int | None = None) -> str:
+    """``SWAPVISOR_INSTANCE``, else the hostname and the listen port: stable
+    across restarts of one deployment, distinct between two on one engine."""
+    named = os.environ.get("SWAPVISOR_INSTANCE")
+    raw = named or f"{socket.gethostname()}-{port or 'app'}"
+    return re.sub(r"[^a-zA-Z0-9_.-]", "-", raw)[:63] or "swapvisor"
+
+
+class BackendPool:
+    def __init__(self, native: Backend, instance: str) -> None:
+        self.instance = instance
+        self._made: dict[tuple[str, str | None], Backend] = {("native", None): native}
+
+    def get(self, kind: str, engine_url: str | None = None) -> Backend:
+        key = (kind, engine_url if kind in ("docker", "podman") else None)
+        backend = self._made.get(key)
+        if backend is None:
+            kwargs: dict[str, object] = {"instance": self.instance}
+            if kind in ("docker", "podman"):
+                kwargs["engine_url"] = engine_url
+            backend = self._made[key] = load_backend(kind, **kwargs)
+        return backend
+
+    async def reap_orphans(self, config: Config) -> list[str]:
+        """Remove containers an earlier run of this instance left behind."""
+        removed: list[str] = []
+        for model in config.models.values():
+            if model.backend_kind not in ("docker", "podman"):
+                continue
+            backend = self.get(model.backend_kind, model.engine_url)
+            if not isinstance(backend, SupportsOrphanCleanup):
+                continue
+            try:
+                names = await backend.reap_orphans()
+            except BackendError as exc:
+                log.warning("could not look for leftover containers: %s", exc)
+                continue
+            removed.extend(names)
+        for name in removed:
+            log.warning("removed container %s left behind by an earlier run", name)
+        return removed
+
+    async def aclose(self) -> None:
+        for backend in self._made.values():
+            try:
+                await backend.aclose()
+            except BackendError as exc:
+                log.warning("closing a backend failed: %s", exc)
