@@ -212,6 +212,9 @@ _DESCRIPTIONS: dict[str, dict[str, str]] = {
         "selectors": "Virtual model IDs that pick a target per request.",
     },
     "ModelConfig": {
+        "docker": "swapvisor: run the model as a container through the Docker API.",
+        "podman": "swapvisor: run the model as a container through the Podman API.",
+        "mock": "swapvisor: a simulated model server for CI (no engine, no GPU).",
         "cmd": "Command line; # comment lines dropped, trailing \\ continues.",
         "cmdStop": "Command run instead of SIGTERM to stop; ${PID} is the process.",
         "proxy": "Base URL requests are forwarded to.",
