@@ -180,13 +180,15 @@ async def serve(
         shutdown_timeout=SHUTDOWN_GRACE_S,
         access_log=None,
     )
-    await runner.setup()
     reloader = Reloader(app[RUNTIME], *sources, on_reload=lambda: _reloaded(app))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Before setup: setup reaps orphan containers, which can take a while with
+    # a slow engine, and a SIGTERM meanwhile must still shut down cleanly.
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reloader.request)
+    await runner.setup()
     watcher = asyncio.create_task(reloader.watch()) if watch else None
     try:
         site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=tls)

@@ -50,10 +50,15 @@ class BackendPool:
     async def reap_orphans(self, config: Config) -> list[str]:
         """Remove containers an earlier run of this instance left behind."""
         removed: list[str] = []
-        for model in config.models.values():
-            if model.backend_kind not in ("docker", "podman"):
-                continue
-            backend = self.get(model.backend_kind, model.engine_url)
+        # Once per backend (kind and engine), not per model: models share an
+        # engine, and an unreachable one would be waited on once per model.
+        engines = {
+            (m.backend_kind, m.engine_url)
+            for m in config.models.values()
+            if m.backend_kind in ("docker", "podman")
+        }
+        for kind, engine_url in sorted(engines, key=lambda e: (e[0], e[1] or "")):
+            backend = self.get(kind, engine_url)
             if not isinstance(backend, SupportsOrphanCleanup):
                 continue
             try:

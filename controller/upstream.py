@@ -20,6 +20,7 @@ from backends.base import (
     Backend,
     BackendError,
     BackendStartError,
+    BackendUnavailable,
     ExitInfo,
     Handle,
     Health,
@@ -253,7 +254,7 @@ class Upstream:
     async def _launch_and_wait(self) -> None:
         try:
             self._handle = await self._backend.start(self.id, self.spec)
-        except BackendStartError as exc:
+        except (BackendStartError, BackendUnavailable) as exc:
             raise UpstreamStartError(f"model {self.id} failed to start: {exc}") from exc
         handle = self._handle
         self._log_task = asyncio.create_task(self._pump_logs(handle))
