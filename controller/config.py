@@ -123,6 +123,11 @@ class ModelConfig(_Section):
         chosen = [k for k in ("docker", "podman", "mock") if getattr(self, k)]
         if len(chosen) > 1:
             raise ValueError(f"choose one of docker, podman or mock, not {chosen}")
+        if self.podman is not None and (self.podman.engine or "").startswith("ssh://"):
+            raise ValueError(
+                "podman.engine: ssh:// is not supported for Podman; "
+                "use unix:// or tcp:// (the Docker backend takes ssh://)"
+            )
         return self
 
     @property
@@ -661,6 +666,14 @@ def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
 
 def _unknown_key_warnings(config: Config) -> Iterator[str]:
     yield from _extras(config, "", NOT_YET_TOP_KEYS)
+    defaults = Timeouts()
+    for where, timeouts in _all_timeouts(config):
+        for key in sorted(timeouts.model_fields_set & _UNAPPLIED_TIMEOUTS):
+            if getattr(timeouts, key) != getattr(defaults, key):
+                yield (
+                    f"{where}.timeouts.{_camel(key)}: a non-default value is not "
+                    "applied by swapvisor (connect and responseHeader are)"
+                )
     preload = config.hooks.on_startup.preload
     for i, name in enumerate(preload):
         if name.strip() and config.resolve(name.strip()) is None:
@@ -668,6 +681,23 @@ def _unknown_key_warnings(config: Config) -> Iterator[str]:
                 f"hooks.on_startup.preload[{i}]: {name!r} is not a local model; "
                 "it will not be preloaded"
             )
+
+
+_UNAPPLIED_TIMEOUTS = frozenset(
+    {"keepalive", "tls_handshake", "expect_continue", "idle_conn"}
+)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _all_timeouts(config: Config) -> Iterator[tuple[str, Timeouts]]:
+    for mid, model in config.models.items():
+        yield f"models.{mid}", model.timeouts
+    for pid, peer in config.peers.items():
+        yield f"peers.{pid}", peer.timeouts
 
 
 def _extras(

@@ -1078,3 +1078,22 @@ def test_unknown_macro_in_a_known_top_level_key_is_an_error() -> None:
 def test_an_alias_equal_to_another_model_id_is_shadowed_by_it() -> None:
     c = load(models(model("a", "aliases: [b]"), model("b")))
     assert c.resolve("b") == "b"
+
+
+def test_unapplied_timeouts_warn_only_when_changed() -> None:
+    base = 'models: {a: {cmd: x, proxy: "http://127.0.0.1:1", timeouts: {%s}}}\n'
+    assert parse_config(base % "idleConn: 90, keepalive: 30").warnings == ()
+    assert parse_config(base % "idleConn: 5").warnings == (
+        (
+            "models.a.timeouts.idleConn: a non-default value is not applied by "
+            "swapvisor (connect and responseHeader are)"
+        ),
+    )
+
+
+def test_podman_engine_over_ssh_is_refused_at_load() -> None:
+    with pytest.raises(ConfigError, match="ssh:// is not supported for Podman"):
+        parse_config(
+            "models: {a: {proxy: 'http://127.0.0.1:1', "
+            "podman: {image: i, engine: 'ssh://h/run/p.sock'}}}\n"
+        )
