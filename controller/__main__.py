@@ -25,7 +25,7 @@ from backends.native import NativeBackend
 from controller import __version__
 from controller.app import create_app
 from controller.check import check_main, schema_main
-from controller.config import load_config
+from controller.config.loader import load_config
 from controller.errors import ConfigError
 from controller.inference import RUNTIME
 from controller.logs import Logs, install as install_log_handler
@@ -36,7 +36,7 @@ from controller.reload import Reloader
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from controller.config import Config
+    from controller.config.model import Config
 
 log = logging.getLogger("swapvisor")
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from backends.base import Backend
-    from controller.config import Config
+    from controller.config.model import Config
 
 log = logging.getLogger("swapvisor.http")
 

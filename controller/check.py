@@ -10,7 +10,8 @@ import shlex
 import sys
 from typing import TYPE_CHECKING, Any
 
-from controller.config import Config, load_config
+from controller.config.loader import load_config
+from controller.config.model import Config
 from controller.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ def describe(config: Config, warnings: Sequence[str]) -> list[str]:
 
 def _membership(config: Config, engine: str, groups: dict[str, Any]) -> dict[str, str]:
     if engine == "matrix":
-        from controller.crosscheck import matrix_policy
+        from controller.config.crosscheck import matrix_policy
 
         policy = matrix_policy(config)
         return {

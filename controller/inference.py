@@ -33,7 +33,7 @@ from controller.states import UpstreamState
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, Iterator
 
-    from controller.config import Config, ModelConfig
+    from controller.config.model import Config, ModelConfig
     from controller.router import Admission
     from controller.runtime import Runtime
     from controller.upstream import Upstream

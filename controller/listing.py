@@ -13,8 +13,8 @@ from controller.errors import SRC
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from controller.config import Config, ModelConfig
-    from controller.sections import Capabilities
+    from controller.config.model import Config, ModelConfig
+    from controller.config.sections import Capabilities
 
 # metadata keys the capability renderer owns when capabilities are set
 _RENDERED = ("architecture", "capabilities", "supported_parameters", "context_length")

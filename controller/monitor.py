@@ -27,7 +27,7 @@ from controller.states import UpstreamState
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
-    from controller.config import Config
+    from controller.config.model import Config
     from controller.logs import LogMonitor
     from controller.runtime import Runtime
     from controller.upstream import Upstream

@@ -19,7 +19,7 @@ from backends.registry import load_backend
 
 if TYPE_CHECKING:
     from backends.base import Backend
-    from controller.config import Config
+    from controller.config.model import Config
 
 log = logging.getLogger("swapvisor.backends")
 

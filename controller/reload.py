@@ -12,7 +12,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from controller.app import preload
-from controller.config import load_config
+from controller.config.loader import load_config
 from controller.errors import ConfigError
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ import time
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-from controller.crosscheck import matrix_policy
+from controller.config.crosscheck import matrix_policy
 from controller.errors import ControllerError, ModelUnloaded, UpstreamStartError
 from controller.eviction import Group, GroupPolicy
 from controller.logs import Logs
@@ -24,7 +24,7 @@ from controller.upstream import StateListener, Upstream
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Set
 
-    from controller.config import Config
+    from controller.config.model import Config
     from controller.pool import BackendPool
 
 log = logging.getLogger("swapvisor.router")

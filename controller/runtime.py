@@ -15,7 +15,7 @@ from controller.selection import Profiles, Selectors
 
 if TYPE_CHECKING:
     from backends.base import Backend
-    from controller.config import Config
+    from controller.config.model import Config
     from controller.logs import Logs
 
 

@@ -19,7 +19,7 @@ from controller.states import UpstreamState
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from controller.config import Config
+    from controller.config.model import Config
 
 S = UpstreamState
 

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from backends.native import NativeBackend
 from controller.app import create_app
-from controller.config import parse_config
+from controller.config.loader import parse_config
 from controller.inference import RUNTIME
 from tests.conftest import port_block
 

@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from backends.native import NativeBackend
 from controller.app import create_app
-from controller.config import load_config
+from controller.config.loader import load_config
 from controller.inference import RUNTIME
 from controller.states import UpstreamState
 from tests.conftest import FAKE, PY, ROOT, port_block

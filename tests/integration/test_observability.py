@@ -34,7 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from backends.native import NativeBackend
 from controller.app import create_app
-from controller.config import parse_config
+from controller.config.loader import parse_config
 from controller.errors import SRC
 from controller.events import BACKLOG, EventBus, frame
 from controller.gpu import NvmlProbe

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from controller.config import load_config
+from controller.config.loader import load_config
 from controller.reload import Reloader
 from controller.states import UpstreamState
 from tests.conftest import fake_cmd, pids_of, port_block, wait_until

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from backends.native import NativeBackend
 from controller import ui_static
 from controller.app import create_app
-from controller.config import parse_config
+from controller.config.loader import parse_config
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

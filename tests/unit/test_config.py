@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from controller.config import (
-    DEFAULT_PROXY,
-    Config,
-    LoadedConfig,
-    parse_config,
-    split_command,
-)
+from controller.config.loader import LoadedConfig, parse_config
+from controller.config.model import DEFAULT_PROXY, Config, split_command
 from controller.errors import ConfigError
 
 ONE = "models:\n  m:\n    cmd: srv --port ${PORT}\n"

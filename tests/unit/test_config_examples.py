@@ -15,10 +15,12 @@ import pytest
 import yaml
 
 from controller.check import check_main
-from controller.config import Config, load_config, parse_config
+from controller.config.loader import load_config, parse_config
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    from controller.config.model import Config
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "tests" / "fixtures" / "llama-swap-example.yaml"

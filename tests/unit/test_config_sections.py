@@ -5,11 +5,16 @@ so the text asserted is the text a user sees."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 
-from controller.config import Config, parse_config
+from controller.config.loader import parse_config
+from controller.config.sections import DEFAULT_IGNORE_PATHS
 from controller.errors import ConfigError
-from controller.sections import DEFAULT_IGNORE_PATHS
+
+if TYPE_CHECKING:
+    from controller.config.model import Config
 
 # Two plain local models, a and b, for the sections to refer to.
 AB = "models:\n  a:\n    cmd: srv ${PORT}\n  b:\n    cmd: srv ${PORT}\n"

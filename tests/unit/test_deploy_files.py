@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.config import load_config
+from controller.config.loader import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose"

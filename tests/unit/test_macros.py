@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
 
-from controller.config import Config, expand_config_macros, parse_config
-from controller.errors import ConfigError
-from controller.macros import (
+from controller.config.loader import expand_config_macros, parse_config
+from controller.config.macros import (
     expand_env,
     leftover_macros,
     strip_cmd_comments,
     substitute,
     validate_macros,
 )
+from controller.errors import ConfigError
+
+if TYPE_CHECKING:
+    from controller.config.model import Config
 
 
 def load(text: str) -> Config:

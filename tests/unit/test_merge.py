@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
+from controller.config.macros import expand_env
+from controller.config.merge import load_sources, merge_documents
 from controller.errors import ConfigError
-from controller.macros import expand_env
-from controller.merge import load_sources, merge_documents
 
 if TYPE_CHECKING:
     from pathlib import Path

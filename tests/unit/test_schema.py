@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from controller.check import config_schema
-from controller.config import parse_yaml
+from controller.config.loader import parse_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_FILE = ROOT / "config.schema.json"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from controller.config import Config
+    from controller.config.model import Config
     from controller.matrix import MatrixPolicy
 
 
