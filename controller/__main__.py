@@ -26,12 +26,12 @@ from controller import __version__
 from controller.app import create_app
 from controller.check import check_main, schema_main
 from controller.config.loader import load_config
+from controller.engine.pool import default_instance
+from controller.engine.reload import Reloader
 from controller.errors import ConfigError
 from controller.inference import RUNTIME
 from controller.logs import Logs, install as install_log_handler
 from controller.monitor import EVENTS, LOGS, model_status
-from controller.pool import default_instance
-from controller.reload import Reloader
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

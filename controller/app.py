@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING
 from aiohttp import hdrs, web
 
 from controller import admin, monitor, ui_static
+from controller.engine.runtime import Runtime
 from controller.errors import SRC, ControllerError, anthropic_body, openai_body
 from controller.inference import RUNTIME, inference, upstream_passthrough
 from controller.logs import Logs
 from controller.routes import GET_ENDPOINTS, POST_ENDPOINTS, is_anthropic
-from controller.runtime import Runtime
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -97,20 +97,7 @@ PRELOAD = web.AppKey("preload", asyncio.Task[None])
 async def _start_preload(app: web.Application) -> None:
     rt = app[RUNTIME]
     await rt.backends.reap_orphans(rt.config)
-    app[PRELOAD] = asyncio.create_task(preload(rt))
-
-
-async def preload(rt: Runtime) -> None:
-    """hooks.on_startup.preload: load each listed model in turn."""
-    for name in rt.config.hooks.on_startup.preload:
-        model_id = rt.config.resolve(name.strip())
-        if model_id is None:
-            continue  # warned about at config load
-        try:
-            async with rt.router.lease(model_id):
-                log.info("preloaded %s", model_id)
-        except ControllerError as exc:
-            log.warning("preload of %s failed: %s", model_id, exc.message)
+    app[PRELOAD] = asyncio.create_task(rt.preload())
 
 
 async def _refuse_waiting(app: web.Application) -> None:

@@ -17,7 +17,7 @@ from controller.errors import ConfigError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from controller.matrix import MatrixPolicy
+    from controller.engine.matrix import MatrixPolicy
 
 
 def check_main(argv: Sequence[str]) -> int:

@@ -15,6 +15,7 @@ from urllib.parse import unquote
 
 from aiohttp import hdrs, web
 
+from controller.engine.states import UpstreamState
 from controller.errors import Conflict, ControllerError, ModelNotFound, NotFound
 from controller.filters import apply_filters
 from controller.loading import LoadingStream
@@ -28,15 +29,14 @@ from controller.proxy import (
 )
 from controller.requests import ModelRequest, read_model, rewrite_model
 from controller.routes import POST_ENDPOINTS, is_anthropic, upstream_path
-from controller.states import UpstreamState
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, Iterator
 
     from controller.config.model import Config, ModelConfig
-    from controller.router import Admission
-    from controller.runtime import Runtime
-    from controller.upstream import Upstream
+    from controller.engine.router import Admission
+    from controller.engine.runtime import Runtime
+    from controller.engine.upstream import Upstream
 
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
 

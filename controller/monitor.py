@@ -13,6 +13,7 @@ from aiohttp import hdrs, web
 
 from controller.activity import ActivityStore
 from controller.captures import CaptureBuffer
+from controller.engine.states import UpstreamState
 from controller.errors import BadRequest, NotFound
 from controller.events import EventBus, frame
 from controller.gpu import GpuProbe, NvmlProbe
@@ -22,15 +23,14 @@ from controller.logs import Logs
 from controller.metrics import Metrics, merge_upstream_metrics
 from controller.observe import OBSERVER, Observer
 from controller.perf import PerfMonitor, hardware_snapshot, parse_rfc3339
-from controller.states import UpstreamState
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
     from controller.config.model import Config
+    from controller.engine.runtime import Runtime
+    from controller.engine.upstream import Upstream
     from controller.logs import LogMonitor
-    from controller.runtime import Runtime
-    from controller.upstream import Upstream
 
 
 @dataclass

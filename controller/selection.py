@@ -13,8 +13,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from controller.engine.states import UpstreamState
 from controller.errors import BadRequest, ControllerError, NotFound
-from controller.states import UpstreamState
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from controller.config.model import Config
-    from controller.matrix import MatrixPolicy
+    from controller.engine.matrix import MatrixPolicy
 
 
 def crosscheck(config: Config) -> None:
@@ -95,7 +95,7 @@ def _routing(config: Config) -> None:
 
 
 def matrix_policy(config: Config) -> MatrixPolicy:
-    from controller.matrix import policy_from_config
+    from controller.engine.matrix import policy_from_config
 
     engine, _, matrix = config.routing_engine()
     assert engine == "matrix" and matrix is not None

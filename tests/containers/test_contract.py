@@ -20,8 +20,8 @@ import aiohttp
 import pytest
 
 from backends.base import Backend, Handle, Health, LaunchSpec
+from controller.engine.upstream import Upstream
 from controller.errors import UpstreamStartError
-from controller.upstream import Upstream
 from tests.conftest import free_port
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ from controller.inference import RUNTIME
 from tests.conftest import port_block
 
 if TYPE_CHECKING:
-    from controller.router import Router
+    from controller.engine.router import Router
 
 
 @dataclass

@@ -24,17 +24,17 @@ from aiohttp.test_utils import TestClient, TestServer
 from backends.native import NativeBackend
 from controller.app import create_app
 from controller.config.loader import load_config
+from controller.engine.states import UpstreamState
 from controller.inference import RUNTIME
-from controller.states import UpstreamState
 from tests.conftest import FAKE, PY, ROOT, port_block
 
 if TYPE_CHECKING:
     from asyncio.subprocess import Process
     from collections.abc import Iterable
 
-    from controller.router import Router
-    from controller.runtime import Runtime
-    from controller.upstream import Upstream
+    from controller.engine.router import Router
+    from controller.engine.runtime import Runtime
+    from controller.engine.upstream import Upstream
 
 WS_ECHO = ROOT / "tests" / "fakes" / "ws_echo.py"
 

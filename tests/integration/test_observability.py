@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
     from pathlib import Path
 
-    from controller.runtime import Runtime
+    from controller.engine.runtime import Runtime
 
 INVALID_LOGGER = "invalid logger. Use 'proxy', 'upstream' or a model's ID"
 READ_TIMEOUT_S = 4.0

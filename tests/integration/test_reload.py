@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from controller.config.loader import load_config
-from controller.reload import Reloader
-from controller.states import UpstreamState
+from controller.engine.reload import Reloader
+from controller.engine.states import UpstreamState
 from tests.conftest import fake_cmd, pids_of, port_block, wait_until
 from tests.integration.helpers_routing import (
     App,
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     import aiohttp
 
-    from controller.upstream import Upstream
+    from controller.engine.upstream import Upstream
     from tests.conftest import Swapvisor
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controller.eviction import DEFAULT_GROUP, Group, GroupPolicy
+from controller.engine.eviction import DEFAULT_GROUP, Group, GroupPolicy
 
 
 def group(name: str, *members: str, **flags: bool) -> Group:

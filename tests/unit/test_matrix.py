@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 import yaml
 
-from controller.errors import ConfigError
-from controller.matrix import (
+from controller.engine.matrix import (
     DSLError,
     Ident,
     MatrixDecision,
@@ -27,12 +26,13 @@ from controller.matrix import (
     policy_from_config,
     tokenize,
 )
+from controller.errors import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from controller.matrix import Expr
-    from controller.scheduler import EvictionPolicy
+    from controller.engine.matrix import Expr
+    from controller.engine.scheduler import EvictionPolicy
 
 MODELS = ["a", "b", "c", "d", "e", "t"]
 

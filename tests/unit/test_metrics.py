@@ -12,6 +12,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from controller.engine.states import UpstreamState
 from controller.gpu import GpuInfo, GpuSample, NvmlProbe
 from controller.metrics import (
     CONTENT_TYPE,
@@ -20,7 +21,6 @@ from controller.metrics import (
     relabel_upstream_metrics,
 )
 from controller.perf import NetIo, SysSample
-from controller.states import UpstreamState
 from tests.fakes.fake_nvml import GIB, FakeNvml
 
 if TYPE_CHECKING:

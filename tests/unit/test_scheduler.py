@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from controller.engine.eviction import Group, GroupPolicy
+from controller.engine.scheduler import Effects, Scheduler, Ticket, TicketState
 from controller.errors import (
     ControllerError,
     ModelUnloaded,
@@ -15,8 +17,6 @@ from controller.errors import (
     ShuttingDown,
     UpstreamStartError,
 )
-from controller.eviction import Group, GroupPolicy
-from controller.scheduler import Effects, Scheduler, Ticket, TicketState
 
 if TYPE_CHECKING:
     from collections.abc import Set

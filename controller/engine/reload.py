@@ -11,7 +11,6 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from controller.app import preload
 from controller.config.loader import load_config
 from controller.errors import ConfigError
 
@@ -19,7 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from controller.runtime import Runtime
+    from controller.engine.runtime import Runtime
 
 log = logging.getLogger("swapvisor.reload")
 WATCH_INTERVAL_S = 2.0
@@ -75,7 +74,7 @@ class Reloader:
             "config reloaded; restarting after drain: %s",
             ", ".join(restarting) or "none",
         )
-        await preload(self._runtime)
+        await self._runtime.preload()
         return True
 
     async def watch(self, interval_s: float = WATCH_INTERVAL_S) -> None:

@@ -14,18 +14,18 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from controller.config.crosscheck import matrix_policy
+from controller.engine.eviction import Group, GroupPolicy
+from controller.engine.scheduler import EvictionPolicy, Scheduler, Ticket
+from controller.engine.states import UpstreamState
+from controller.engine.upstream import StateListener, Upstream
 from controller.errors import ControllerError, ModelUnloaded, UpstreamStartError
-from controller.eviction import Group, GroupPolicy
 from controller.logs import Logs
-from controller.scheduler import EvictionPolicy, Scheduler, Ticket
-from controller.states import UpstreamState
-from controller.upstream import StateListener, Upstream
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Set
 
     from controller.config.model import Config
-    from controller.pool import BackendPool
+    from controller.engine.pool import BackendPool
 
 log = logging.getLogger("swapvisor.router")
 

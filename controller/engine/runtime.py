@@ -6,17 +6,22 @@ client, the active profile and the selectors' reservations.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
-from controller.pool import BackendPool, default_instance
+from controller.engine.pool import BackendPool, default_instance
+from controller.engine.router import Router
+from controller.errors import ControllerError
 from controller.proxy import Proxy
-from controller.router import Router
 from controller.selection import Profiles, Selectors
 
 if TYPE_CHECKING:
     from backends.base import Backend
     from controller.config.model import Config
     from controller.logs import Logs
+
+
+log = logging.getLogger("swapvisor.http")
 
 
 class Runtime:
@@ -41,6 +46,18 @@ class Runtime:
         self.profiles = Profiles(config)  # as llama-swap: a reload resets it
         self.selectors = Selectors(config, self.router.state_of)
         return restarting
+
+    async def preload(self) -> None:
+        """hooks.on_startup.preload: load each listed model in turn."""
+        for name in self.config.hooks.on_startup.preload:
+            model_id = self.config.resolve(name.strip())
+            if model_id is None:
+                continue  # warned about at config load
+            try:
+                async with self.router.lease(model_id):
+                    log.info("preloaded %s", model_id)
+            except ControllerError as exc:
+                log.warning("preload of %s failed: %s", model_id, exc.message)
 
     async def aclose(self) -> None:
         await self.router.aclose()

@@ -26,6 +26,7 @@ from backends.base import (
     Health,
     LaunchSpec,
 )
+from controller.engine.states import ALLOWED, RUNNING, UpstreamState
 from controller.errors import (
     ControllerError,
     ModelUnloaded,
@@ -33,7 +34,6 @@ from controller.errors import (
     UpstreamStartTimeout,
 )
 from controller.logs import LogBuffer
-from controller.states import ALLOWED, RUNNING, UpstreamState
 
 log = logging.getLogger("swapvisor.upstream")
 
