@@ -30,8 +30,8 @@ from controller.engine.pool import default_instance
 from controller.engine.reload import Reloader
 from controller.errors import ConfigError
 from controller.inference import RUNTIME
-from controller.logs import Logs, install as install_log_handler
 from controller.monitor import EVENTS, LOGS, model_status
+from controller.observability.logs import Logs, install as install_log_handler
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -21,7 +21,7 @@ from controller import admin, monitor, ui_static
 from controller.engine.runtime import Runtime
 from controller.errors import SRC, ControllerError, anthropic_body, openai_body
 from controller.inference import RUNTIME, inference, upstream_passthrough
-from controller.logs import Logs
+from controller.observability.logs import Logs
 from controller.routes import GET_ENDPOINTS, POST_ENDPOINTS, is_anthropic
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ def create_app(
         client_max_size=MAX_BODY_BYTES,
         middlewares=[cors_middleware, error_middleware, auth_middleware],
     )
-    app[RUNTIME] = Runtime(config, backend, logs, instance)
+    app[RUNTIME] = Runtime(config, backend, logs.model, instance)
     monitor.setup(app, config, logs)
     app.on_startup.append(_start_preload)
     app.on_shutdown.append(_refuse_waiting)

@@ -19,7 +19,7 @@ from controller.engine.states import UpstreamState
 from controller.errors import Conflict, ControllerError, ModelNotFound, NotFound
 from controller.filters import apply_filters
 from controller.loading import LoadingStream
-from controller.observe import OBSERVER, Recording
+from controller.observability.recorder import OBSERVER, Recording
 from controller.proxy import (
     CLIENT_KEYS,
     DROP_REQUEST,

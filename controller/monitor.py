@@ -11,18 +11,18 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import hdrs, web
 
-from controller.activity import ActivityStore
-from controller.captures import CaptureBuffer
 from controller.engine.states import UpstreamState
 from controller.errors import BadRequest, NotFound
-from controller.events import EventBus, frame
-from controller.gpu import GpuProbe, NvmlProbe
 from controller.inference import RUNTIME
 from controller.listing import render_capabilities
-from controller.logs import Logs
-from controller.metrics import Metrics, merge_upstream_metrics
-from controller.observe import OBSERVER, Observer
-from controller.perf import PerfMonitor, hardware_snapshot, parse_rfc3339
+from controller.observability.activity import ActivityStore
+from controller.observability.captures import CaptureBuffer
+from controller.observability.events import EventBus, frame
+from controller.observability.gpu import GpuProbe, NvmlProbe
+from controller.observability.logs import Logs
+from controller.observability.metrics import Metrics, merge_upstream_metrics
+from controller.observability.perf import PerfMonitor, hardware_snapshot, parse_rfc3339
+from controller.observability.recorder import OBSERVER, Observer
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from controller.config.model import Config
     from controller.engine.runtime import Runtime
     from controller.engine.upstream import Upstream
-    from controller.logs import LogMonitor
+    from controller.observability.logs import LogMonitor
 
 
 @dataclass

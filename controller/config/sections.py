@@ -272,7 +272,7 @@ class StoreSettings(Section):
     @classmethod
     def _path(cls, v: str | None) -> str | None:
         if v is not None:
-            from controller.activity import validate_store_path
+            from controller.observability.activity import validate_store_path
 
             try:
                 validate_store_path(v)
@@ -321,7 +321,7 @@ class PerformanceSettings(Section):
     @field_validator("every")
     @classmethod
     def _every(cls, v: str) -> str:
-        from controller.perf import check_every
+        from controller.observability.perf import check_every
 
         try:
             check_every(go_duration_s(v))

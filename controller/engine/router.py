@@ -17,9 +17,8 @@ from controller.config.crosscheck import matrix_policy
 from controller.engine.eviction import Group, GroupPolicy
 from controller.engine.scheduler import EvictionPolicy, Scheduler, Ticket
 from controller.engine.states import UpstreamState
-from controller.engine.upstream import StateListener, Upstream
+from controller.engine.upstream import LogSink, StateListener, TailBuffer, Upstream
 from controller.errors import ControllerError, ModelUnloaded, UpstreamStartError
-from controller.logs import Logs
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Set
@@ -77,11 +76,15 @@ class Admission:
 
 class Router:
     def __init__(
-        self, config: Config, backends: BackendPool, logs: Logs | None = None
+        self,
+        config: Config,
+        backends: BackendPool,
+        model_logs: Callable[[str], LogSink] | None = None,
     ) -> None:
         self.config = config
         self.backends = backends
-        self.logs = logs or Logs(log_to_stdout="none")
+        # Each model's output sink (observability's per-model log monitor).
+        self._model_logs = model_logs or (lambda _mid: TailBuffer())
         self.upstreams: dict[str, Upstream] = {
             mid: self._new_upstream(config, mid) for mid in sorted(config.models)
         }
@@ -144,7 +147,7 @@ class Router:
             unload_grace_s=config.unload_grace_s(mid),
             ttl_s=config.ttl_s(mid),
             on_change=self._on_state_change,
-            logs=self.logs.model(mid),
+            logs=self._model_logs(mid),
         )
 
     def reconfigure(self, config: Config) -> list[str]:

@@ -16,9 +16,11 @@ from controller.proxy import Proxy
 from controller.selection import Profiles, Selectors
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from backends.base import Backend
     from controller.config.model import Config
-    from controller.logs import Logs
+    from controller.engine.upstream import LogSink
 
 
 log = logging.getLogger("swapvisor.http")
@@ -29,12 +31,12 @@ class Runtime:
         self,
         config: Config,
         backend: Backend,
-        logs: Logs | None = None,
+        model_logs: Callable[[str], LogSink] | None = None,
         instance: str | None = None,
     ) -> None:
         self.config = config
         self.backends = BackendPool(backend, instance or default_instance())
-        self.router = Router(config, self.backends, logs)
+        self.router = Router(config, self.backends, model_logs)
         self.proxy = Proxy()
         self.profiles = Profiles(config)
         self.selectors = Selectors(config, self.router.state_of)

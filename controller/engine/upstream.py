@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
@@ -33,7 +34,6 @@ from controller.errors import (
     UpstreamStartError,
     UpstreamStartTimeout,
 )
-from controller.logs import LogBuffer
 
 log = logging.getLogger("swapvisor.upstream")
 
@@ -53,6 +53,33 @@ LOG_TAIL_LINES = 8
 EXIT_POLL_S = 0.02
 
 StateListener = Callable[["Upstream", UpstreamState, UpstreamState], None]
+
+
+class LogSink(Protocol):
+    """Where a model server's output goes (observability's ``LogMonitor``);
+    the engine only writes to it and reads the tail for error messages."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def tail(self, n: int) -> list[str]:
+        """The last ``n`` non-empty lines as text."""
+        ...
+
+
+class TailBuffer:
+    """The sink an Upstream keeps when nobody watches its logs: just enough
+    output to explain a failed start."""
+
+    def __init__(self, chunks: int = 64) -> None:
+        self._chunks: deque[bytes] = deque(maxlen=chunks)
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self._chunks.append(data)
+
+    def tail(self, n: int) -> list[str]:
+        text = b"".join(list(self._chunks)[-n:]).decode("utf-8", "replace")
+        return [ln.rstrip() for ln in text.splitlines() if ln.strip()][-n:]
 
 
 @runtime_checkable
@@ -77,14 +104,14 @@ class Upstream:
         unload_grace_s: float,
         ttl_s: float,
         on_change: StateListener | None = None,
-        logs: LogBuffer | None = None,
+        logs: LogSink | None = None,
     ) -> None:
         self.id = model_id
         self.spec = spec
         self.start_deadline_s = start_deadline_s
         self.unload_grace_s = unload_grace_s
         self.ttl_s = ttl_s
-        self.logs = logs or LogBuffer()
+        self.logs: LogSink = logs or TailBuffer()
         self.state = S.STOPPED
         self.failure: ControllerError | None = None
         self.last_exit: ExitInfo | None = None

@@ -36,12 +36,12 @@ from backends.native import NativeBackend
 from controller.app import create_app
 from controller.config.loader import parse_config
 from controller.errors import SRC
-from controller.events import BACKLOG, EventBus, frame
-from controller.gpu import NvmlProbe
 from controller.inference import RUNTIME
-from controller.logs import Logs, install
 from controller.monitor import EVENTS, PERF
-from controller.observe import OBSERVER
+from controller.observability.events import BACKLOG, EventBus, frame
+from controller.observability.gpu import NvmlProbe
+from controller.observability.logs import Logs, install
+from controller.observability.recorder import OBSERVER
 from tests.conftest import PY, ROOT, fake_cmd, port_block, wait_until
 from tests.fakes.fake_nvml import GIB, GPUS, FakeNvml
 

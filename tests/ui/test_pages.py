@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from playwright.sync_api import Page
 
-    from controller.gpu import GpuInfo, GpuSample
+    from controller.observability.gpu import GpuInfo, GpuSample
     from tests.ui.conftest import UI
 
 pytestmark = [pytest.mark.ui, needs_browser]
@@ -212,7 +212,7 @@ class TwoGpus:
         self.tick = 0
 
     def devices(self) -> list[GpuSample]:
-        from controller.gpu import GpuSample
+        from controller.observability.gpu import GpuSample
 
         self.tick += 1
         gib = 1 << 30
@@ -239,7 +239,7 @@ class TwoGpus:
 
 def gpu_payload() -> dict[str, Any]:
     """``/api/performance`` as swapvisor's own PerfMonitor writes it, with GPUs."""
-    from controller.perf import PerfMonitor
+    from controller.observability.perf import PerfMonitor
 
     now = time.time()
     clock = iter(now - 120 + 5 * i for i in range(24))

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from controller.activity import (
+from controller.errors import BadRequest
+from controller.observability.activity import (
     PRUNE_EVERY,
     SORT_COLUMNS,
     ActivityEntry,
@@ -22,8 +23,7 @@ from controller.activity import (
     total_pages,
     validate_store_path,
 )
-from controller.errors import BadRequest
-from controller.usage import UsageResult
+from controller.observability.usage import UsageResult
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from controller.captures import (
+from controller.observability.captures import (
     REDACTED,
     BoundedBody,
     Capture,

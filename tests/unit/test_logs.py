@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from controller.logs import (
+from controller.observability.logs import (
     HISTORY_BYTES,
     TIME_FORMATS,
     LogMonitor,

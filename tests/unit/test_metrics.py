@@ -13,20 +13,20 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.engine.states import UpstreamState
-from controller.gpu import GpuInfo, GpuSample, NvmlProbe
-from controller.metrics import (
+from controller.observability.gpu import GpuInfo, GpuSample, NvmlProbe
+from controller.observability.metrics import (
     CONTENT_TYPE,
     Metrics,
     merge_upstream_metrics,
     relabel_upstream_metrics,
 )
-from controller.perf import NetIo, SysSample
+from controller.observability.perf import NetIo, SysSample
 from tests.fakes.fake_nvml import GIB, FakeNvml
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
-    from controller.gpu import GpuProbe
+    from controller.observability.gpu import GpuProbe
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "llamacpp_metrics.txt"
 H100 = "GPU-00000000-1111-2222-3333-444444444444"

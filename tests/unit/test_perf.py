@@ -11,8 +11,8 @@ import psutil
 import pytest
 
 from controller import __version__
-from controller.gpu import NvmlProbe
-from controller.perf import (
+from controller.observability.gpu import NvmlProbe
+from controller.observability.perf import (
     AFTER_ERROR,
     NetIo,
     PerfMonitor,

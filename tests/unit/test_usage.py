@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from controller import usage as usage_mod
-from controller.usage import (
+from controller.observability import usage as usage_mod
+from controller.observability.usage import (
     StreamUsage,
     UsageCollector,
     UsageResult,

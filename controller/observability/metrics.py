@@ -56,13 +56,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from controller.engine.states import UpstreamState
-from controller.perf import SystemSampler
+from controller.observability.perf import SystemSampler
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping
 
-    from controller.gpu import GpuProbe, GpuSample
-    from controller.perf import SysSample
+    from controller.observability.gpu import GpuProbe, GpuSample
+    from controller.observability.perf import SysSample
 
 log = logging.getLogger("swapvisor.metrics")
 

@@ -46,7 +46,7 @@ from controller import __version__
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from controller.gpu import GpuInfo, GpuProbe, GpuSample
+    from controller.observability.gpu import GpuInfo, GpuProbe, GpuSample
 
 DEFAULT_EVERY_S = 5.0
 MIN_EVERY_S = 5.0

@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from controller.activity import ActivityEntry, ActivityStore
-from controller.captures import (
+from controller.observability.activity import ActivityEntry, ActivityStore
+from controller.observability.captures import (
     BoundedBody,
     CaptureBuffer,
     build_capture,
     redact_headers,
 )
-from controller.usage import (
+from controller.observability.usage import (
     DecompressError,
     UsageCollector,
     UsageResult,
@@ -35,8 +35,8 @@ from controller.usage import (
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
-    from controller.events import EventBus
-    from controller.metrics import Metrics
+    from controller.observability.events import EventBus
+    from controller.observability.metrics import Metrics
 
 log = logging.getLogger("swapvisor.activity")
 # An in-flight entry is re-sent at most this often while bytes flow.

@@ -35,7 +35,7 @@ from controller.errors import BadRequest
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
-    from controller.usage import UsageResult
+    from controller.observability.usage import UsageResult
 
 __all__ = [
     "DEFAULT_LIMIT",
