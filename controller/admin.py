@@ -10,7 +10,7 @@ from aiohttp import hdrs, web
 
 from controller import __version__
 from controller.errors import BadRequest, NotFound
-from controller.inference import RUNTIME
+from controller.inference import NAMES, RUNTIME
 from controller.listing import model_records
 from controller.monitor import EVENTS, model_status
 
@@ -21,7 +21,7 @@ async def list_models(request: web.Request) -> web.Response:
         rt.config,
         lambda m: rt.router.upstreams[m].running,
         int(time.time()),
-        rt.profiles.pins(),
+        request.app[NAMES].profiles.pins(),
     )
     response = web.json_response({"object": "list", "data": records})
     origin = request.headers.get(hdrs.ORIGIN)
@@ -82,7 +82,9 @@ async def get_profiles(request: web.Request) -> web.Response:
         }
         for pid, p in sorted(rt.config.profiles.items())
     ]
-    return web.json_response({"active": rt.profiles.active, "profiles": profiles})
+    return web.json_response(
+        {"active": request.app[NAMES].profiles.active, "profiles": profiles}
+    )
 
 
 async def put_active_profile(request: web.Request) -> web.Response:
@@ -98,11 +100,11 @@ async def put_active_profile(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     if name is not None and name not in rt.config.profiles:
         raise NotFound(f'profile "{name}" not found')
-    if rt.profiles.set_active(name):
+    if request.app[NAMES].profiles.set_active(name):
         bus = request.app[EVENTS]
-        bus.publish("profileChanged", {"active": rt.profiles.active})
+        bus.publish("profileChanged", {"active": request.app[NAMES].profiles.active})
         bus.publish("modelStatus", model_status(rt))
-    return web.json_response({"active": rt.profiles.active})
+    return web.json_response({"active": request.app[NAMES].profiles.active})
 
 
 async def version(request: web.Request) -> web.Response:

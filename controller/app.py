@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING
 from aiohttp import hdrs, web
 
 from controller import admin, monitor, ui_static
+from controller.dispatch.endpoints import GET_ENDPOINTS, POST_ENDPOINTS, is_anthropic
+from controller.dispatch.names import Names
 from controller.engine.runtime import Runtime
 from controller.errors import SRC, ControllerError, anthropic_body, openai_body
-from controller.inference import RUNTIME, inference, upstream_passthrough
+from controller.inference import NAMES, PROXY, RUNTIME, inference, upstream_passthrough
 from controller.observability.logs import Logs
-from controller.routes import GET_ENDPOINTS, POST_ENDPOINTS, is_anthropic
+from controller.proxy import Proxy
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -54,6 +56,8 @@ def create_app(
         middlewares=[cors_middleware, error_middleware, auth_middleware],
     )
     app[RUNTIME] = Runtime(config, backend, logs.model, instance)
+    app[NAMES] = Names(app[RUNTIME])
+    app[PROXY] = Proxy()
     monitor.setup(app, config, logs)
     app.on_startup.append(_start_preload)
     app.on_shutdown.append(_refuse_waiting)
@@ -89,6 +93,7 @@ def _add_routes(r: web.UrlDispatcher) -> None:
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[RUNTIME].aclose()
+    await app[PROXY].aclose()
 
 
 PRELOAD = web.AppKey("preload", asyncio.Task[None])

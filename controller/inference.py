@@ -15,9 +15,11 @@ from urllib.parse import unquote
 
 from aiohttp import hdrs, web
 
+from controller.dispatch.endpoints import POST_ENDPOINTS, is_anthropic, upstream_path
+from controller.dispatch.filters import apply_filters
+from controller.dispatch.request import ModelRequest, read_model, rewrite_model
 from controller.engine.states import UpstreamState
 from controller.errors import Conflict, ControllerError, ModelNotFound, NotFound
-from controller.filters import apply_filters
 from controller.loading import LoadingStream
 from controller.observability.recorder import OBSERVER, Recording
 from controller.proxy import (
@@ -27,26 +29,29 @@ from controller.proxy import (
     anthropic_sse_error,
     openai_sse_error,
 )
-from controller.requests import ModelRequest, read_model, rewrite_model
-from controller.routes import POST_ENDPOINTS, is_anthropic, upstream_path
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, Iterator
 
     from controller.config.model import Config, ModelConfig
+    from controller.dispatch.names import Names
     from controller.engine.router import Admission
     from controller.engine.runtime import Runtime
     from controller.engine.upstream import Upstream
+    from controller.proxy import Proxy
 
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
+NAMES: web.AppKey[Names] = web.AppKey("names")
+PROXY: web.AppKey[Proxy] = web.AppKey("proxy")
 
 
 async def inference(request: web.Request) -> web.StreamResponse:
     rt = request.app[RUNTIME]
+    names = request.app[NAMES]
     body = await request.read()
     wanted = read_model(request.method, _ctype(request), dict(request.query), body)
-    name = rt.profiles.rewrite(wanted.model)
-    choice = rt.selectors.choose(name)
+    name = names.profiles.rewrite(wanted.model)
+    choice = names.selectors.choose(name)
     meta = {"selector": choice.selector} if choice.selector else {}
     try:
         return await _dispatch(request, rt, wanted, choice.target, body, meta)
@@ -145,7 +150,7 @@ async def _local(
             )
         upstream = await admission.granted()
         route = local_route(rt.config, model, upstream, path, request.path, rec)
-        return await rt.proxy.forward(request, route, body or None)
+        return await request.app[PROXY].forward(request, route, body or None)
     finally:
         admission.release()
 
@@ -207,7 +212,9 @@ async def _with_loading_state(
     route = local_route(
         rt.config, rt.config.models[model_id], upstream, path, request.path, rec
     )
-    return await rt.proxy.forward(request, route, body or None, into=stream.response)
+    return await request.app[PROXY].forward(
+        request, route, body or None, into=stream.response
+    )
 
 
 # -- peers -----------------------------------------------------------------------------
@@ -235,7 +242,9 @@ async def _peer(
         )
     path = upstream_path(request.path) + (f"?{query}" if query else "")
     route = peer_route(rt.config, pid, path, request.path)
-    return await rt.proxy.forward(request, replace(route, tap=rec), body or None)
+    return await request.app[PROXY].forward(
+        request, replace(route, tap=rec), body or None
+    )
 
 
 def peer_route(config: Config, pid: str, path: str, client_path: str) -> Route:
@@ -289,7 +298,7 @@ async def upstream_passthrough(request: web.Request) -> web.StreamResponse:
     rt = request.app[RUNTIME]
     raw = request.raw_path[len("/upstream/") :]
     raw_path, sep, raw_query = raw.partition("?")
-    raw_path = rt.profiles.rewrite_path(raw_path)
+    raw_path = request.app[NAMES].profiles.rewrite_path(raw_path)
     name, rest = _split_upstream_path(rt.config, raw_path)
     if not rest:
         location = f"/upstream/{raw_path}/" + (f"?{raw_query}" if sep else "")
@@ -318,11 +327,13 @@ async def upstream_passthrough(request: web.Request) -> web.StreamResponse:
         if model_id is None:
             assert peer is not None
             route = peer_route(rt.config, peer[0], path, rest)
-            return await rt.proxy.forward(request, replace(route, tap=tap), body)
+            return await request.app[PROXY].forward(
+                request, replace(route, tap=tap), body
+            )
         model = rt.config.models[model_id]
         async with rt.router.lease(model_id) as upstream:
             route = local_route(rt.config, model, upstream, path, rest, tap)
-            return await rt.proxy.forward(request, route, body)
+            return await request.app[PROXY].forward(request, route, body)
 
 
 def _split_upstream_path(config: Config, raw_path: str) -> tuple[str, str]:
@@ -361,10 +372,10 @@ async def _websocket(
                 "requests cannot start it"
             )
         upstream = rt.router.upstreams[model_id]
-        return await rt.proxy.websocket(
+        return await request.app[PROXY].websocket(
             request, local_route(rt.config, model, upstream, path, path)
         )
     async with rt.router.lease(model_id) as upstream:
-        return await rt.proxy.websocket(
+        return await request.app[PROXY].websocket(
             request, local_route(rt.config, model, upstream, path, path)
         )

@@ -13,7 +13,7 @@ from aiohttp import hdrs, web
 
 from controller.engine.states import UpstreamState
 from controller.errors import BadRequest, NotFound
-from controller.inference import RUNTIME
+from controller.inference import NAMES, PROXY, RUNTIME
 from controller.listing import render_capabilities
 from controller.observability.activity import ActivityStore
 from controller.observability.captures import CaptureBuffer
@@ -129,7 +129,7 @@ def initial_messages(request: web.Request) -> list[bytes]:
             "uiConfig",
             {"activity": {"session_id": rt.config.ui.activity.session_id}},
         ),
-        frame("profileChanged", {"active": rt.profiles.active}),
+        frame("profileChanged", {"active": request.app[NAMES].profiles.active}),
     ]
     out.extend(_extra_initial(request))
     return out
@@ -242,23 +242,19 @@ async def prometheus(request: web.Request) -> web.Response:
 
 async def upstream_metrics(request: web.Request) -> web.Response:
     """Every ready upstream's own /metrics, each sample labelled with its model."""
-    rt = request.app[RUNTIME]
-    ready = [
-        m for m, u in rt.router.upstreams.items() if u.state is UpstreamState.READY
-    ]
-    texts = await asyncio.gather(*(_fetch_metrics(rt, m) for m in ready))
+    ready = request.app[RUNTIME].router.ready_urls()
+    client = request.app[PROXY].client()
+    texts = await asyncio.gather(*(_fetch_metrics(client, u) for u in ready.values()))
     merged = merge_upstream_metrics(
         {m: t for m, t in zip(ready, texts, strict=True) if t is not None}
     )
     return web.Response(text=merged, content_type="text/plain")
 
 
-async def _fetch_metrics(rt: Runtime, model_id: str) -> str | None:
-    url = rt.router.upstreams[model_id].base_url.rstrip("/") + "/metrics"
+async def _fetch_metrics(client: aiohttp.ClientSession, base_url: str) -> str | None:
+    url = base_url.rstrip("/") + "/metrics"
     try:
-        async with rt.proxy.client().get(
-            url, timeout=aiohttp.ClientTimeout(total=2)
-        ) as resp:
+        async with client.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
             return await resp.text() if resp.status == 200 else None
     except (aiohttp.ClientError, TimeoutError, OSError):
         return None

@@ -218,6 +218,14 @@ class Router:
         """Advisory: for choosing and reporting, never for deciding a start."""
         return self.upstreams[model_id].state
 
+    def ready_urls(self) -> dict[str, str]:
+        """Each ready model's server address, in model order (advisory)."""
+        return {
+            m: u.base_url
+            for m, u in self.upstreams.items()
+            if u.state is UpstreamState.READY
+        }
+
     def running(self) -> Set[str]:
         return {m for m, u in self.upstreams.items() if u.running}
 

@@ -1,7 +1,9 @@
-"""Runtime: what the handlers work with, replaced as one piece on a reload.
+"""Runtime: the engine as the handlers see it, reconfigured as one piece on a
+reload.
 
-Holds the config, the router (and through it every Upstream), the proxy's HTTP
-client, the active profile and the selectors' reservations.
+Holds the config, the backend pool and the router (and through it every
+Upstream). Layers above keep state that a reload resets (the active profile,
+the selectors' reservations) and subscribe to ``reload_listeners``.
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ from typing import TYPE_CHECKING
 from controller.engine.pool import BackendPool, default_instance
 from controller.engine.router import Router
 from controller.errors import ControllerError
-from controller.proxy import Proxy
-from controller.selection import Profiles, Selectors
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -37,16 +37,15 @@ class Runtime:
         self.config = config
         self.backends = BackendPool(backend, instance or default_instance())
         self.router = Router(config, self.backends, model_logs)
-        self.proxy = Proxy()
-        self.profiles = Profiles(config)
-        self.selectors = Selectors(config, self.router.state_of)
+        # Called with the new config once it is in place, synchronously.
+        self.reload_listeners: list[Callable[[Config], None]] = []
 
     def reload(self, config: Config) -> list[str]:
         """Swap in a validated config; returns the models that will restart."""
         restarting = self.router.reconfigure(config)
         self.config = config
-        self.profiles = Profiles(config)  # as llama-swap: a reload resets it
-        self.selectors = Selectors(config, self.router.state_of)
+        for listener in self.reload_listeners:
+            listener(config)
         return restarting
 
     async def preload(self) -> None:
@@ -63,4 +62,3 @@ class Runtime:
 
     async def aclose(self) -> None:
         await self.router.aclose()
-        await self.proxy.aclose()

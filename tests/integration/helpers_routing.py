@@ -25,13 +25,14 @@ from backends.native import NativeBackend
 from controller.app import create_app
 from controller.config.loader import load_config
 from controller.engine.states import UpstreamState
-from controller.inference import RUNTIME
+from controller.inference import NAMES, RUNTIME
 from tests.conftest import FAKE, PY, ROOT, port_block
 
 if TYPE_CHECKING:
     from asyncio.subprocess import Process
     from collections.abc import Iterable
 
+    from controller.dispatch.names import Names
     from controller.engine.router import Router
     from controller.engine.runtime import Runtime
     from controller.engine.upstream import Upstream
@@ -76,6 +77,7 @@ class App:
     runtime: Runtime
     config_path: Path
     start_port: int
+    names: Names
 
     @property
     def router(self) -> Router:
@@ -135,7 +137,7 @@ class Apps:
         client = TestClient(server)
         await client.start_server()
         self._clients.append(client)
-        return App(client, app[RUNTIME], path, start_port)
+        return App(client, app[RUNTIME], path, start_port, app[NAMES])
 
     async def spawn(self, argv: list[str], health_url: str) -> Process:
         """Run a helper server; return once ``health_url`` answers 200."""

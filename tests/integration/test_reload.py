@@ -242,7 +242,7 @@ async def test_reload_resets_the_profile_and_runs_preload_again(apps: Apps) -> N
     await app.client.post("/api/models/unload")
     assert app.running() == []
     assert await reload(app, config(with_b=False) + extra)
-    assert app.runtime.profiles.active is None
+    assert app.names.profiles.active is None
     await wait_until(lambda: app.state("a") == "ready")  # preloaded again
 
 

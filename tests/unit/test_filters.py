@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from controller.dispatch.filters import apply_filters, normalize_strip_params
 from controller.errors import BadRequest
-from controller.filters import apply_filters, normalize_strip_params
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence

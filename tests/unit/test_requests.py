@@ -7,14 +7,14 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from controller.errors import BadRequest
-from controller.requests import (
+from controller.dispatch.request import (
     ModelRequest,
     multipart_fields,
     read_model,
     replace_multipart_field,
     rewrite_model,
 )
+from controller.errors import BadRequest
 
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
