@@ -1,18 +1,20 @@
-"""Helpers shared by the container backends (docker, podman): ownership labels
-and names, the command and environment a container runs, exit bookkeeping,
-splitting output into lines, decoding the engines' multiplexed log stream, and
-running blocking calls off the event loop.
+"""Helpers for the container backends that speak to no engine and hold no
+lifecycle: ownership labels and names, the command, environment and common
+create-request fields a container gets, reading a pull's answer, exit
+bookkeeping, splitting output into lines, decoding the engines' multiplexed log
+stream, and handing blocking calls to threads.
 
-Owned here so ``docker.py`` and ``podman.py`` each read top to bottom as one
-engine's API calls, with the same policy: every container carries its owner's
-labels, a stale container of ours that holds the wanted name is removed, and
-stop always removes.
+The lifecycle that uses them is ``backends.container``'s; the engine adapters
+(``backends.docker``, ``backends.podman``) use the request, decoding and
+thread helpers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import json
 import re
 import signal
 import threading
@@ -20,6 +22,7 @@ from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, TypeVar
 
 from backends.base import BackendStartError, ExitInfo
+from backends.specs import parse_bytes
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -86,6 +89,37 @@ def container_name(instance: str, model: str, cspec: ContainerSpec) -> str:
     return f"swapvisor-{instance}-{safe}"
 
 
+def common_request(
+    spec: LaunchSpec,
+    cspec: ContainerSpec,
+    name: str,
+    labels: dict[str, str],
+    *,
+    env_key: str,
+) -> dict[str, object]:
+    """The create-request fields that the Docker API and libpod spell alike
+    (but for the environment's key); each engine adds its own, then
+    ``cspec.extra`` last."""
+    request: dict[str, object] = {
+        "image": cspec.image,
+        "name": name,
+        "labels": labels,
+        env_key: container_env(spec, cspec),
+    }
+    command = container_command(spec, cspec)
+    if command:
+        request["command"] = list(command)
+    if cspec.entrypoint is not None:
+        request["entrypoint"] = list(cspec.entrypoint)
+    if cspec.shm_size is not None:
+        request["shm_size"] = parse_bytes(cspec.shm_size)
+    if cspec.user is not None:
+        request["user"] = cspec.user
+    if cspec.init:
+        request["init"] = True
+    return request
+
+
 def ownership_labels(instance: str, model: str, cspec: ContainerSpec) -> dict[str, str]:
     return {
         **cspec.labels,
@@ -104,6 +138,17 @@ def image_error(image: str, pull: str, reason: str) -> BackendStartError:
     return BackendStartError(
         f"image {image} not found locally and could not be pulled: {reason}"
     )
+
+
+def pull_error(answer: str | bytes) -> str | None:
+    """The first error in a pull's answer, a stream of JSON objects: engines
+    report a failed pull inside a 200 answer."""
+    for line in answer.splitlines():
+        with contextlib.suppress(ValueError):
+            event = json.loads(line)
+            if isinstance(event, dict) and event.get("error"):
+                return str(event["error"]).strip()
+    return None
 
 
 def exit_info(code: int | None, *, forced: bool) -> ExitInfo:
@@ -265,9 +310,9 @@ def run_in_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
         try:
             result = fn()
         except BaseException as exc:  # handed to the awaiting coroutine
-            _call_soon(loop, fail, exc)
+            post_to_loop(loop, fail, exc)
         else:
-            _call_soon(loop, succeed, result)
+            post_to_loop(loop, succeed, result)
 
     threading.Thread(target=target, name=name, daemon=True).start()
     # A failure nobody awaits any more (a cancelled start) must not be logged
@@ -276,9 +321,10 @@ def run_in_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
     return fut
 
 
-def _call_soon(
+def post_to_loop(
     loop: asyncio.AbstractEventLoop, fn: Callable[..., object], *args: object
 ) -> None:
+    """From another thread: run ``fn(*args)`` on ``loop``, unless it has closed."""
     try:
         loop.call_soon_threadsafe(fn, *args)
     except RuntimeError:  # the loop has closed: nobody is waiting any more

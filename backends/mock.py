@@ -30,7 +30,7 @@ from aiohttp import web
 
 from backends.base import BackendStartError, ExitInfo, Handle, Health, LaunchSpec
 from backends.containers import ExitLog
-from backends.probe import HttpProbe, join_url
+from backends.probe import HttpProbe
 from backends.specs import MockSpec
 
 if TYPE_CHECKING:
@@ -149,17 +149,11 @@ class MockBackend:
 
     async def health(self, handle: Handle, spec: LaunchSpec) -> Health:
         server = self._servers.get(handle.ref)
-        if server is None or server.exit is not None:
-            return Health.EXITED
-        if not server.listening:
-            return Health.STARTING
-        if spec.check_endpoint is None:
-            return Health.READY
-        url = join_url(handle.base_url, spec.check_endpoint)
-        if await self._probe.ok(url, spec.probe_timeout_s):
-            return Health.READY
-        # It may have "crashed" while the probe was out.
-        return Health.EXITED if server.has_exited() else Health.STARTING
+        if server is not None and not server.has_exited() and not server.listening:
+            return Health.STARTING  # still "loading": nothing to probe yet
+        return await self._probe.health(
+            handle, spec, exited=lambda: server is None or server.has_exited()
+        )
 
     async def stop(self, handle: Handle, spec: LaunchSpec, *, grace: float) -> ExitInfo:
         server = self._servers.pop(handle.ref, None)

@@ -24,7 +24,7 @@ from backends.base import (
     Health,
     LaunchSpec,
 )
-from backends.probe import HttpProbe, join_url
+from backends.probe import HttpProbe
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -145,15 +145,9 @@ class NativeBackend:
 
     async def health(self, handle: Handle, spec: LaunchSpec) -> Health:
         child = self._children.get(handle.ref)
-        if child is None or child.exited.done():
-            return Health.EXITED
-        if spec.check_endpoint is None:
-            return Health.READY
-        url = join_url(handle.base_url, spec.check_endpoint)
-        if await self._probe.ok(url, spec.probe_timeout_s):
-            return Health.READY
-        # The server may have died while we waited on the probe.
-        return Health.EXITED if child.exited.done() else Health.STARTING
+        return await self._probe.health(
+            handle, spec, exited=lambda: child is None or child.exited.done()
+        )
 
     async def stop(self, handle: Handle, spec: LaunchSpec, *, grace: float) -> ExitInfo:
         child = self._children.get(handle.ref)

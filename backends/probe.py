@@ -1,12 +1,22 @@
-"""The shared HTTP readiness probe: one GET of a server's check endpoint.
+"""The shared readiness verdict: one GET of a server's check endpoint, and the
+"exited? → no check endpoint → probe" order every backend's ``health`` follows.
 
-Owned here so every backend probes the same way; the polling loop and its
-deadline belong to ``controller.upstream``.
+Owned here so every backend probes and decides the same way; the polling loop
+and its deadline belong to ``controller.upstream``.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import aiohttp
+
+from backends.base import Health
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from backends.base import Handle, LaunchSpec
 
 
 class HttpProbe:
@@ -33,6 +43,24 @@ class HttpProbe:
                 return resp.status == 200
         except (TimeoutError, aiohttp.ClientError, OSError):
             return False
+
+    async def health(
+        self, handle: Handle, spec: LaunchSpec, *, exited: Callable[[], bool]
+    ) -> Health:
+        """EXITED when ``exited()``; READY when no check endpoint is configured
+        or it answers 200; else STARTING. Never raises.
+
+        ``exited`` is asked again after the probe: a server can die while the
+        probe is out, and a refused connect must not read as still starting.
+        """
+        if exited():
+            return Health.EXITED
+        if spec.check_endpoint is None:
+            return Health.READY
+        url = join_url(handle.base_url, spec.check_endpoint)
+        if await self.ok(url, spec.probe_timeout_s):
+            return Health.READY
+        return Health.EXITED if exited() else Health.STARTING
 
     async def aclose(self) -> None:
         if self._session is not None:

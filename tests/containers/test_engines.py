@@ -313,7 +313,7 @@ async def test_docker_gpu_requests_reach_the_engine(
     import docker.api.client
 
     from backends.containers import ownership_labels
-    from backends.docker import DockerBackend, _Engine, create_args
+    from backends.docker import DockerBackend, DockerEngine, create_args
 
     sent: list[dict[str, Any]] = []
     post_json = docker.api.client.APIClient._post_json
@@ -331,7 +331,7 @@ async def test_docker_gpu_requests_reach_the_engine(
         ("0", "GPU-1234"): [{"Count": 0, "DeviceIDs": ["0", "GPU-1234"]}],
     }
     instance = new_instance()
-    eng = _Engine(PODMAN_URL, 30)
+    eng = await asyncio.to_thread(DockerEngine, PODMAN_URL, 30)
     try:
         for gpus, want in expected.items():
             cspec = ContainerSpec(image=FAKE_IMAGE, gpus=gpus)  # type: ignore[arg-type]
@@ -340,7 +340,7 @@ async def test_docker_gpu_requests_reach_the_engine(
             args = create_args(
                 spec, cspec, name, ownership_labels(instance, "m", cspec)
             )
-            ref = eng._create(args)  # create only
+            ref = await eng.create(args)  # create only
             try:
                 requests = sent[-1]["HostConfig"]["DeviceRequests"]
                 assert len(requests) == 1
@@ -353,9 +353,9 @@ async def test_docker_gpu_requests_reach_the_engine(
                 assert [got] == want
                 assert engine.exists(ref)
             finally:
-                eng.remove(ref)
+                await eng.remove(ref)
     finally:
-        eng.close()
+        await eng.aclose()
     assert DockerBackend.kind == "docker"
     assert engine.owned(instance) == []
 
@@ -365,18 +365,18 @@ async def test_podman_gpu_requests_are_cdi_devices(
 ) -> None:
     """The libpod create body names CDI devices; without the NVIDIA CDI spec
     (CI) the engine refuses to start it, naming them, and nothing is left."""
-    from backends.podman import PodmanBackend, _Libpod
+    from backends.podman import LibpodEngine, PodmanBackend
 
     sent: list[tuple[str, str, Any]] = []
-    request = _Libpod.request
+    request = LibpodEngine.request
 
     async def recording(
-        self: _Libpod, method: str, path: str, **kwargs: Any
+        self: LibpodEngine, method: str, path: str, **kwargs: Any
     ) -> tuple[int, bytes]:
         sent.append((method, path, kwargs.get("body")))
         return await request(self, method, path, **kwargs)
 
-    monkeypatch.setattr(_Libpod, "request", recording)
+    monkeypatch.setattr(LibpodEngine, "request", recording)
     instance = new_instance()
     backend = PodmanBackend(instance, engine_url=PODMAN_URL)
     port = free_port()
