@@ -23,14 +23,14 @@ from aiohttp import web
 
 from backends.native import NativeBackend
 from controller import __version__
-from controller.app import create_app
 from controller.check import check_main, schema_main
 from controller.config.loader import load_config
 from controller.engine.pool import default_instance
 from controller.engine.reload import Reloader
 from controller.errors import ConfigError
-from controller.inference import RUNTIME
-from controller.monitor import EVENTS, LOGS, model_status
+from controller.http.app import create_app
+from controller.http.keys import EVENTS, LOGS, RUNTIME
+from controller.http.model_list import model_status
 from controller.observability.logs import Logs, install as install_log_handler
 
 if TYPE_CHECKING:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from controller.config.loader import load_config
 from controller.config.model import Config
+from controller.engine.eviction import matrix_policy
 from controller.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -70,8 +71,6 @@ def describe(config: Config, warnings: Sequence[str]) -> list[str]:
 
 def _membership(config: Config, engine: str, groups: dict[str, Any]) -> dict[str, str]:
     if engine == "matrix":
-        from controller.config.crosscheck import matrix_policy
-
         policy = matrix_policy(config)
         return {
             m: "matrix sets: " + (", ".join(_sets_of(policy, m)) or "none (runs alone)")

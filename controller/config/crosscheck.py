@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from controller.config.matrix import program_from_config
+
 if TYPE_CHECKING:
     from controller.config.model import Config
-    from controller.engine.matrix import MatrixPolicy
 
 
 def crosscheck(config: Config) -> None:
@@ -72,7 +73,7 @@ def _routing(config: Config) -> None:
     engine, groups, matrix = config.routing_engine()
     if engine == "matrix":
         assert matrix is not None
-        matrix_policy(config)  # raises ConfigError naming the set
+        program_from_config(matrix, list(config.models))  # ConfigError names the set
         return
     member_of: dict[str, str] = {}
     for gid, group in groups.items():
@@ -92,14 +93,6 @@ def _routing(config: Config) -> None:
                     f"{member_of[member]} and {gid}"
                 )
             member_of[member] = gid
-
-
-def matrix_policy(config: Config) -> MatrixPolicy:
-    from controller.engine.matrix import policy_from_config
-
-    engine, _, matrix = config.routing_engine()
-    assert engine == "matrix" and matrix is not None
-    return policy_from_config(matrix, list(config.models))
 
 
 def _priority(config: Config) -> None:
@@ -192,7 +185,7 @@ def _spillover(config: Config, sid: str, resolved: list[str]) -> None:
     engine, groups, matrix = config.routing_engine()
     if engine == "matrix":
         assert matrix is not None
-        if not matrix_policy(config).coexist(set(local)):
+        if not program_from_config(matrix, list(config.models)).coexist(set(local)):
             raise ValueError(
                 f"selectors.{sid}.targets must all appear together in one "
                 "expanded matrix set"

@@ -1,8 +1,10 @@
-"""Eviction policy: which running models must stop before a target may start.
+"""Eviction policies: which running models must stop before a target may start.
 
-Pure: no I/O, no clock, no logging, because the scheduler asks it speculatively
-on every queue drain. Implements llama-swap's groups (§1.6), including the
-implicit ``(default)`` group that makes "one model at a time" the default.
+``build_policy`` picks the config's engine: llama-swap's groups (§1.6,
+``GroupPolicy`` here, with the implicit ``(default)`` group that makes "one
+model at a time" the default) or the matrix solver (``controller.engine.matrix``).
+Pure: no I/O, no clock, no logging, because the scheduler asks a policy
+speculatively on every queue drain.
 """
 
 from __future__ import annotations
@@ -10,8 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from controller.engine.matrix import MatrixPolicy, policy_from_config
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Set
+
+    from controller.config.model import Config
+    from controller.engine.scheduler import EvictionPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,3 +59,24 @@ class GroupPolicy:
             elif own.exclusive and not other.persistent:
                 out.add(model)
         return frozenset(out)
+
+
+def build_policy(config: Config) -> EvictionPolicy:
+    """The active swap engine: llama-swap's groups, or the matrix solver."""
+    engine, groups, _ = config.routing_engine()
+    if engine == "matrix":
+        return matrix_policy(config)
+    return GroupPolicy(
+        (
+            Group(gid, frozenset(g.members), g.swap, g.exclusive, g.persistent)
+            for gid, g in groups.items()
+        ),
+        config.models,
+    )
+
+
+def matrix_policy(config: Config) -> MatrixPolicy:
+    """The matrix solver for a config whose engine is ``matrix``."""
+    engine, _, matrix = config.routing_engine()
+    assert engine == "matrix" and matrix is not None
+    return policy_from_config(matrix, list(config.models))

@@ -13,11 +13,10 @@ import time
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-from controller.config.crosscheck import matrix_policy
-from controller.engine.eviction import Group, GroupPolicy
-from controller.engine.scheduler import EvictionPolicy, Scheduler, Ticket
-from controller.engine.states import UpstreamState
-from controller.engine.upstream import LogSink, StateListener, TailBuffer, Upstream
+from controller.engine.eviction import build_policy
+from controller.engine.scheduler import Scheduler, Ticket
+from controller.engine.states import ModelStatus, StateChange, UpstreamState
+from controller.engine.upstream import LogSink, TailBuffer, Upstream
 from controller.errors import ControllerError, ModelUnloaded, UpstreamStartError
 
 if TYPE_CHECKING:
@@ -29,29 +28,22 @@ if TYPE_CHECKING:
 log = logging.getLogger("swapvisor.router")
 
 
-def build_policy(config: Config) -> EvictionPolicy:
-    """The active swap engine: llama-swap's groups, or the matrix solver."""
-    engine, groups, _ = config.routing_engine()
-    if engine == "matrix":
-        return matrix_policy(config)
-    return GroupPolicy(
-        (
-            Group(gid, frozenset(g.members), g.swap, g.exclusive, g.persistent)
-            for gid, g in groups.items()
-        ),
-        config.models,
-    )
-
-
 class Admission:
     """One admitted request: await ``granted()``, always ``release()``."""
 
     def __init__(
-        self, router: Router, ticket: Ticket, granted: asyncio.Future[Upstream]
+        self,
+        ticket: Ticket,
+        granted: asyncio.Future[Upstream],
+        scheduler: Scheduler,
+        on_release: Callable[[Ticket], None],
+        on_granted: Callable[[str, float], None],
     ) -> None:
         self.ticket = ticket
-        self._router = router
         self._granted = granted
+        self._scheduler = scheduler
+        self._on_release = on_release
+        self._on_granted = on_granted
 
     @property
     def ready_now(self) -> bool:
@@ -60,18 +52,16 @@ class Admission:
 
     def position(self) -> int | None:
         """1-based place in the queue, or None when not queued (advisory)."""
-        return self._router.scheduler.position(self.ticket)
+        return self._scheduler.position(self.ticket)
 
     async def granted(self) -> Upstream:
         began = time.monotonic()
         upstream = await self._granted
-        waited = time.monotonic() - began
-        for listener in self._router.grant_listeners:
-            listener(self.ticket.model, waited)
+        self._on_granted(self.ticket.model, time.monotonic() - began)
         return upstream
 
     def release(self) -> None:
-        self._router._release(self.ticket)
+        self._on_release(self.ticket)
 
 
 class Router:
@@ -96,7 +86,7 @@ class Router:
         self._starting: dict[str, tuple[Upstream, asyncio.Task[None]]] = {}
         self._serving: dict[int, Upstream] = {}
         # Observers (events, metrics): called synchronously, must not block.
-        self.state_listeners: list[StateListener] = []
+        self.state_listeners: list[Callable[[StateChange], None]] = []
         self.swap_listeners: list[Callable[[str, float], None]] = []
         # (model, seconds from admission to grant): queue and load wait
         self.grant_listeners: list[Callable[[str, float], None]] = []
@@ -112,14 +102,41 @@ class Router:
         if priority is None:
             priority = self.config.priority(model_id)
         ticket = Ticket(model_id, priority)
-        granted: asyncio.Future[Upstream] = asyncio.get_running_loop().create_future()
-        self._grants[ticket.id] = granted
+        granted = self._expect_grant(ticket)
         try:
             self.scheduler.submit(ticket)
         except BaseException:
             self._grants.pop(ticket.id, None)
             raise
-        return Admission(self, ticket, granted)
+        return self._admission(ticket, granted)
+
+    def attach(self, model_id: str) -> Admission | None:
+        """Hold ``model_id`` only if it is ready now and nothing is about to
+        stop it (ignored websockets: they never load, queue or count against
+        ``concurrencyLimit``, but the model stays up while they are open).
+        None when it is not ready; otherwise ``release()`` it as any request."""
+        ticket = Ticket(model_id, counted=False)
+        granted = self._expect_grant(ticket)
+        if not self.scheduler.attach(ticket):
+            self._grants.pop(ticket.id, None)
+            return None
+        return self._admission(ticket, granted)
+
+    def _expect_grant(self, ticket: Ticket) -> asyncio.Future[Upstream]:
+        granted: asyncio.Future[Upstream] = asyncio.get_running_loop().create_future()
+        self._grants[ticket.id] = granted
+        return granted
+
+    def _admission(
+        self, ticket: Ticket, granted: asyncio.Future[Upstream]
+    ) -> Admission:
+        return Admission(
+            ticket, granted, self.scheduler, self._release, self._granted_after
+        )
+
+    def _granted_after(self, model: str, waited_s: float) -> None:
+        for listener in self.grant_listeners:
+            listener(model, waited_s)
 
     @asynccontextmanager
     async def lease(
@@ -218,6 +235,19 @@ class Router:
         """Advisory: for choosing and reporting, never for deciding a start."""
         return self.upstreams[model_id].state
 
+    def status(self) -> dict[str, ModelStatus]:
+        """Every current model's state and in-flight count, by id (advisory)."""
+        return {m: ModelStatus(u.state, u.in_flight) for m, u in self.upstreams.items()}
+
+    def queue_depth(self) -> int:
+        """Requests waiting for a swap they may not start yet (advisory)."""
+        return len(self.scheduler.queued())
+
+    def refuse_waiting(self) -> None:
+        """Shutdown begins: refuse new requests and fail every waiting one;
+        requests being served may finish."""
+        self.scheduler.shutdown()
+
     def ready_urls(self) -> dict[str, str]:
         """Each ready model's server address, in model order (advisory)."""
         return {
@@ -239,7 +269,8 @@ class Router:
 
     def grant(self, ticket: Ticket) -> None:
         upstream = self.upstreams[ticket.model]
-        upstream.acquire()
+        if ticket.counted:
+            upstream.acquire()
         # Remembered so the release reaches this Upstream even if a config
         # reload has put a new one under the same id meanwhile.
         self._serving[ticket.id] = upstream
@@ -253,7 +284,9 @@ class Router:
             granted.set_exception(error)
 
     def finished(self, ticket: Ticket) -> None:
-        self._serving.pop(ticket.id).release()
+        upstream = self._serving.pop(ticket.id)
+        if ticket.counted:
+            upstream.release()
 
     # -- internals ------------------------------------------------------------------
 
@@ -318,7 +351,15 @@ class Router:
         self, upstream: Upstream, old: UpstreamState, new: UpstreamState
     ) -> None:
         log.debug("%s: %s -> %s", upstream.id, old.value, new.value)
-        for listener in self.state_listeners:
-            listener(upstream, old, new)
+        if self.state_listeners:
+            change = StateChange(
+                upstream.id,
+                old,
+                new,
+                reason=upstream.stop_reason if new is UpstreamState.STOPPING else "",
+                load_s=upstream.last_start_s if old is UpstreamState.STARTING else None,
+            )
+            for listener in self.state_listeners:
+                listener(change)
         if new in (UpstreamState.STOPPED, UpstreamState.FAILED):
             self.scheduler.drain()

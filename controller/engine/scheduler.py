@@ -44,6 +44,9 @@ class Ticket:
     priority: int = 0
     id: int = field(default_factory=lambda: next(_ids))
     state: TicketState = TicketState.NEW
+    # Counted in concurrencyLimit and in flight; attached sessions only keep
+    # their model from being swapped out.
+    counted: bool = True
 
 
 class Effects(Protocol):
@@ -118,7 +121,8 @@ class Scheduler:
         state, ticket.state = ticket.state, TicketState.DONE
         if state in (TicketState.DONE, TicketState.NEW):
             return  # never admitted (429, shutting down), or already released
-        self._reserved[ticket.model] -= 1
+        if ticket.counted:
+            self._reserved[ticket.model] -= 1
         if state is TicketState.QUEUED:
             self._queue.remove(ticket)
         elif state is TicketState.JOINED:
@@ -128,6 +132,20 @@ class Scheduler:
             self._effects.finished(ticket)
             if self._serving[ticket.model] == 0:
                 self.drain()
+
+    def attach(self, ticket: Ticket) -> bool:
+        """Serve ``ticket`` only if its model is ready now and no swap is about
+        to stop it; never queues, starts anything or counts against the limit.
+        False: nothing was admitted."""
+        if self._closed:
+            raise ShuttingDown("swapvisor is shutting down")
+        target = ticket.model
+        threatened = any(target in s.evict for s in self._swaps.values())
+        if threatened or target in self._swaps or not self._effects.is_ready(target):
+            return False
+        ticket.counted = False
+        self._grant(ticket)
+        return True
 
     def swap_done(self, target: str, error: ControllerError | None) -> None:
         swap = self._swaps.pop(target)

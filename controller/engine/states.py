@@ -1,8 +1,10 @@
-"""Upstream lifecycle states and the edges between them. Imports nothing."""
+"""Upstream lifecycle states, the edges between them, and the records the
+engine reports them in. Imports nothing."""
 
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 
 class UpstreamState(enum.Enum):
@@ -28,3 +30,29 @@ ALLOWED: frozenset[tuple[UpstreamState, UpstreamState]] = frozenset(
 
 # States in which the model holds (or is about to hold, or still holds) memory.
 RUNNING = frozenset({S.STARTING, S.READY, S.STOPPING})
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """One upstream's state change, as the router reports it to observers."""
+
+    model: str
+    old: UpstreamState
+    new: UpstreamState
+    # Why the stop now beginning happened: swap, ttl, unload, reload,
+    # shutdown or crash ("" when ``new`` is not STOPPING).
+    reason: str = ""
+    # Seconds from launch to ready or failure, when a start just ended.
+    load_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStatus:
+    """One model as the router sees it now (advisory: for reports only)."""
+
+    state: UpstreamState
+    in_flight: int
+
+    @property
+    def running(self) -> bool:
+        return self.state in RUNNING

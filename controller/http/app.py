@@ -1,44 +1,100 @@
-"""The aiohttp application: the route table, auth, error rendering, lifecycle.
+"""The aiohttp application: the one route table, its middlewares, lifecycle.
 
-Handlers live in ``controller.inference`` (model-dispatched requests) and
-``controller.admin`` (operator endpoints). Errors are raised as
-``ControllerError`` and rendered once here, in the client's own shape.
+Every route is a row of ``ROUTES``: method, path, handler, and whether it is
+open (needs no API key). Handlers raise ``ControllerError``; the error
+middleware renders it once, in the client's own shape. The app is the
+composition root: it makes the runtime, the name-rewriting state, the proxy's
+client and the observability pieces (``controller.http.wiring``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hmac
-import logging
-from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aiohttp import hdrs, web
 
-from controller import admin, monitor, ui_static
-from controller.dispatch.endpoints import GET_ENDPOINTS, POST_ENDPOINTS, is_anthropic
+from controller.dispatch.endpoints import GET_ENDPOINTS, POST_ENDPOINTS
 from controller.dispatch.names import Names
 from controller.engine.runtime import Runtime
-from controller.errors import SRC, ControllerError, anthropic_body, openai_body
-from controller.inference import NAMES, PROXY, RUNTIME, inference, upstream_passthrough
+from controller.http import models, monitoring, ui, wiring
+from controller.http.inference import inference
+from controller.http.keys import NAMES, OPEN_ROUTES, PRELOAD, PROXY, RUNTIME
+from controller.http.middleware import (
+    Handler,
+    auth_middleware,
+    cors_middleware,
+    error_middleware,
+)
+from controller.http.passthrough import upstream_passthrough
+from controller.http.proxy import Proxy
 from controller.observability.logs import Logs
-from controller.proxy import Proxy
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from aiohttp.web_urldispatcher import AbstractRoute
+
     from backends.base import Backend
     from controller.config.model import Config
 
-log = logging.getLogger("swapvisor.http")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Requests carry audio files and base64 images; llama-swap sets no limit.
 MAX_BODY_BYTES = 1 << 30
-_OPEN_PATHS = frozenset({"/health", "/wol-health", "/favicon.ico"})
-_CORS_DEFAULT_HEADERS = "Content-Type, Authorization, Accept, X-Requested-With"
+# Outermost first: a preflight is answered before auth (as llama-swap).
+MIDDLEWARES = (cors_middleware, error_middleware, auth_middleware)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str  # "*" for any
+    path: str
+    handler: Handler
+    open: bool = False  # served without an API key
+
+
+async def _upstream_index(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPFound("/ui/#/models")  # llama-swap: GET /upstream -> the UI
+
+
+ROUTES: tuple[Route, ...] = (
+    # Model-dispatched requests (llama-swap.md §2.4).
+    *(Route(hdrs.METH_POST, path, inference) for path in POST_ENDPOINTS),
+    *(Route(hdrs.METH_GET, path, inference) for path in GET_ENDPOINTS),
+    Route(hdrs.METH_ANY, "/upstream/{tail:.*}", upstream_passthrough),
+    Route(hdrs.METH_GET, "/upstream", _upstream_index, open=True),
+    # Models and their management (§2.5).
+    Route(hdrs.METH_GET, "/v1/models", models.list_models),
+    Route(hdrs.METH_GET, "/models", models.list_models),
+    Route(hdrs.METH_GET, "/running", models.running),
+    Route(hdrs.METH_POST, "/api/models/unload", models.unload_all),
+    Route(hdrs.METH_POST, "/api/models/unload/{model:.+}", models.unload_one),
+    Route(hdrs.METH_GET, "/unload", models.unload_all_text),
+    Route(hdrs.METH_GET, "/api/profiles", models.get_profiles),
+    Route(hdrs.METH_PUT, "/api/profiles/active", models.put_active_profile),
+    Route(hdrs.METH_GET, "/api/version", models.version),
+    Route(hdrs.METH_GET, "/health", models.health, open=True),
+    Route(hdrs.METH_GET, "/wol-health", models.health, open=True),
+    # Watching it work (§5).
+    Route(hdrs.METH_GET, "/logs", monitoring.logs_history),
+    Route(hdrs.METH_GET, "/logs/stream", monitoring.logs_stream),
+    Route(hdrs.METH_GET, "/logs/stream/{name:.+}", monitoring.logs_stream),
+    Route(hdrs.METH_GET, "/api/events", monitoring.events),
+    Route(hdrs.METH_GET, "/api/metrics/activity", monitoring.activity),
+    Route(hdrs.METH_GET, "/api/metrics/stats", monitoring.activity_stats),
+    Route(hdrs.METH_GET, "/api/captures/{id}", monitoring.capture),
+    Route(hdrs.METH_POST, "/api/inflight/{id}/cancel", monitoring.cancel_inflight),
+    Route(hdrs.METH_GET, "/metrics", monitoring.prometheus),
+    Route(hdrs.METH_GET, "/metrics/upstreams", monitoring.upstream_metrics),
+    Route(hdrs.METH_GET, "/api/performance", monitoring.performance),
+    Route(hdrs.METH_GET, "/api/hardware", monitoring.hardware),
+    # The web UI (§9).
+    Route(hdrs.METH_GET, "/", models.root, open=True),
+    Route(hdrs.METH_GET, "/ui", ui.serve_ui),
+    Route(hdrs.METH_GET, "/ui/{tail:.*}", ui.serve_ui),
+    Route(hdrs.METH_GET, "/favicon.ico", ui.favicon, open=True),
+)
 
 
 def create_app(
@@ -51,43 +107,31 @@ def create_app(
     backends are made as models need them). ``logs`` outlive reloads;
     ``instance`` labels the containers this server owns."""
     logs = logs or Logs(log_to_stdout="none")
-    app = web.Application(
-        client_max_size=MAX_BODY_BYTES,
-        middlewares=[cors_middleware, error_middleware, auth_middleware],
-    )
-    app[RUNTIME] = Runtime(config, backend, logs.model, instance)
-    app[NAMES] = Names(app[RUNTIME])
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=MIDDLEWARES)
+    app[RUNTIME] = runtime = Runtime(config, backend, logs.model, instance)
+    app[NAMES] = Names(runtime)
     app[PROXY] = Proxy()
-    monitor.setup(app, config, logs)
+    wiring.setup(app, config, logs)
     app.on_startup.append(_start_preload)
     app.on_shutdown.append(_refuse_waiting)
     app.cleanup_ctx.append(_lifecycle)
-    _add_routes(app.router)
+    app[OPEN_ROUTES] = add_routes(app.router, ROUTES)
     return app
 
 
-def _add_routes(r: web.UrlDispatcher) -> None:
-    for path in POST_ENDPOINTS:
-        r.add_post(path, inference)
-    for path in GET_ENDPOINTS:
-        r.add_get(path, inference)
-    r.add_get("/v1/models", admin.list_models)
-    r.add_get("/models", admin.list_models)
-    r.add_get("/running", admin.running)
-    r.add_post("/api/models/unload", admin.unload_all)
-    r.add_post("/api/models/unload/{model:.+}", admin.unload_one)
-    r.add_get("/unload", admin.unload_all_text)
-    r.add_get("/api/profiles", admin.get_profiles)
-    r.add_put("/api/profiles/active", admin.put_active_profile)
-    r.add_get("/api/version", admin.version)
-    r.add_get("/health", admin.health)
-    r.add_get("/wol-health", admin.health)
-    r.add_get("/", admin.root)
-    r.add_get("/ui", ui_static.serve_ui)
-    r.add_get("/ui/{tail:.*}", ui_static.serve_ui)
-    r.add_get("/favicon.ico", ui_static.favicon)
-    r.add_route("*", "/upstream/{tail:.*}", upstream_passthrough)
-    monitor.add_routes(r)
+def add_routes(
+    router: web.UrlDispatcher, routes: tuple[Route, ...]
+) -> frozenset[AbstractRoute]:
+    """Register ``routes``; returns the route objects that need no key."""
+    open_routes: set[AbstractRoute] = set()
+    for row in routes:
+        resource = router.add_resource(row.path)
+        added = [resource.add_route(row.method, row.handler)]
+        if row.method == hdrs.METH_GET:
+            added.append(resource.add_route(hdrs.METH_HEAD, row.handler))
+        if row.open:
+            open_routes.update(added)
+    return frozenset(open_routes)
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -96,13 +140,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await app[PROXY].aclose()
 
 
-PRELOAD = web.AppKey("preload", asyncio.Task[None])
-
-
 async def _start_preload(app: web.Application) -> None:
-    rt = app[RUNTIME]
-    await rt.backends.reap_orphans(rt.config)
-    app[PRELOAD] = asyncio.create_task(rt.preload())
+    runtime = app[RUNTIME]
+    await runtime.backends.reap_orphans(runtime.config)
+    app[PRELOAD] = asyncio.create_task(runtime.preload())
 
 
 async def _refuse_waiting(app: web.Application) -> None:
@@ -111,105 +152,4 @@ async def _refuse_waiting(app: web.Application) -> None:
     app[PRELOAD].cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await app[PRELOAD]
-    app[RUNTIME].router.scheduler.shutdown()
-
-
-# -- middlewares ---------------------------------------------------------------------
-
-
-@web.middleware
-async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Preflight answered for every path, before auth (as llama-swap)."""
-    if request.method != hdrs.METH_OPTIONS:
-        return await handler(request)
-    wanted = request.headers.get(hdrs.ACCESS_CONTROL_REQUEST_HEADERS, "")
-    allowed = ", ".join(h.strip() for h in wanted.split(",") if _is_token(h.strip()))
-    return web.Response(
-        status=204,
-        headers={
-            hdrs.ACCESS_CONTROL_ALLOW_ORIGIN: "*",
-            hdrs.ACCESS_CONTROL_ALLOW_METHODS: "GET, POST, PUT, PATCH, DELETE, OPTIONS",
-            hdrs.ACCESS_CONTROL_ALLOW_HEADERS: allowed or _CORS_DEFAULT_HEADERS,
-            hdrs.ACCESS_CONTROL_MAX_AGE: "86400",
-        },
-    )
-
-
-def _is_token(name: str) -> bool:
-    return bool(name) and all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in name)
-
-
-@web.middleware
-async def error_middleware(
-    request: web.Request, handler: Handler
-) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ControllerError as exc:
-        return render_error(
-            request, exc.status, exc.message, exc.code, exc.retry_after, exc.param
-        )
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return render_error(request, exc.status, exc.reason or "error", None, None)
-
-
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    keys = request.app[RUNTIME].config.api_keys
-    if not keys or request.path in _OPEN_PATHS:
-        return await handler(request)
-    if request.method == hdrs.METH_GET and request.path in ("/", "/upstream"):
-        return await handler(request)
-    offered = _offered_key(request)
-    if offered is None or not any(
-        hmac.compare_digest(offered.encode(), key.encode()) for key in keys
-    ):
-        response = render_error(
-            request, 401, "unauthorized: invalid or missing API key", None, None
-        )
-        response.headers[hdrs.WWW_AUTHENTICATE] = f'Basic realm="{SRC}"'
-        return response
-    return await handler(request)
-
-
-def _offered_key(request: web.Request) -> str | None:
-    auth = request.headers.get(hdrs.AUTHORIZATION, "")
-    scheme, _, value = auth.partition(" ")
-    if scheme.lower() == "basic":
-        try:
-            return base64.b64decode(value.strip()).decode().partition(":")[2]
-        except (ValueError, UnicodeDecodeError):
-            return None
-    if scheme.lower() == "bearer":
-        return value.strip()
-    return request.headers.get("x-api-key")
-
-
-def render_error(
-    request: web.Request,
-    status: int,
-    message: str,
-    code: str | None,
-    retry_after: int | None,
-    param: str | None = None,
-) -> web.Response:
-    accept = request.headers.get(hdrs.ACCEPT, "")
-    if "text/plain" in accept and not is_anthropic(request.path):
-        response = web.Response(status=status, text=f"{SRC}: {message}")
-    elif is_anthropic(request.path):
-        response = web.Response(
-            status=status,
-            body=anthropic_body(status, message),
-            content_type="application/json",
-        )
-    else:
-        response = web.Response(
-            status=status,
-            body=openai_body(status, message, code, param),
-            content_type="application/json",
-        )
-    if retry_after is not None:
-        response.headers[hdrs.RETRY_AFTER] = str(retry_after)
-    return response
+    app[RUNTIME].router.refuse_waiting()

@@ -11,18 +11,16 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING
-from urllib.parse import unquote
 
 from aiohttp import hdrs, web
 
-from controller.dispatch.endpoints import POST_ENDPOINTS, is_anthropic, upstream_path
+from controller.dispatch.endpoints import is_anthropic, upstream_path
 from controller.dispatch.filters import apply_filters
 from controller.dispatch.request import ModelRequest, read_model, rewrite_model
-from controller.engine.states import UpstreamState
-from controller.errors import Conflict, ControllerError, ModelNotFound, NotFound
-from controller.loading import LoadingStream
-from controller.observability.recorder import OBSERVER, Recording
-from controller.proxy import (
+from controller.errors import ControllerError, ModelNotFound
+from controller.http.keys import NAMES, OBSERVER, PROXY, RUNTIME
+from controller.http.loading import LoadingStream
+from controller.http.proxy import (
     CLIENT_KEYS,
     DROP_REQUEST,
     Route,
@@ -31,18 +29,13 @@ from controller.proxy import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterable, Iterator
+    from collections.abc import Iterator
 
     from controller.config.model import Config, ModelConfig
-    from controller.dispatch.names import Names
     from controller.engine.router import Admission
     from controller.engine.runtime import Runtime
     from controller.engine.upstream import Upstream
-    from controller.proxy import Proxy
-
-RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
-NAMES: web.AppKey[Names] = web.AppKey("names")
-PROXY: web.AppKey[Proxy] = web.AppKey("proxy")
+    from controller.observability.recorder import Recording
 
 
 async def inference(request: web.Request) -> web.StreamResponse:
@@ -288,94 +281,3 @@ def _rename(
         wanted, _ctype(request), dict(request.query), body, sent
     )
     return body, request.query_string if query is None else query
-
-
-# -- /upstream/<model>/<path> -----------------------------------------------
-
-
-async def upstream_passthrough(request: web.Request) -> web.StreamResponse:
-    """Straight to one model's own server (llama-swap.md §2.6)."""
-    rt = request.app[RUNTIME]
-    raw = request.raw_path[len("/upstream/") :]
-    raw_path, sep, raw_query = raw.partition("?")
-    raw_path = request.app[NAMES].profiles.rewrite_path(raw_path)
-    name, rest = _split_upstream_path(rt.config, raw_path)
-    if not rest:
-        location = f"/upstream/{raw_path}/" + (f"?{raw_query}" if sep else "")
-        if request.method in (hdrs.METH_GET, hdrs.METH_HEAD):
-            raise web.HTTPMovedPermanently(location)
-        raise web.HTTPPermanentRedirect(location)
-    path = rest + (f"?{raw_query}" if sep else "")
-    model_id = rt.config.resolve(name)
-    peer = rt.config.peer_of(name) if model_id is None else None
-    if model_id is not None:
-        _refuse_ignored_path(rt, model_id, rest)
-        if _is_websocket(request):
-            return await _websocket(request, rt, model_id, path)
-    # Requests to the inference endpoints are recorded as activity, as when
-    # sent to the endpoint directly; everything else streams straight through.
-    recorded = request.method == hdrs.METH_POST and rest in POST_ENDPOINTS
-    body: bytes | AsyncIterable[bytes] | None
-    kept: bytes | None = None
-    if recorded:
-        body = kept = await request.read()
-    else:
-        body = request.content.iter_any() if request.body_exists else None
-    label = model_id or "/".join(peer or ())
-    with observed(request, label, rest, kept) as rec:
-        tap = rec if recorded else None
-        if model_id is None:
-            assert peer is not None
-            route = peer_route(rt.config, peer[0], path, rest)
-            return await request.app[PROXY].forward(
-                request, replace(route, tap=tap), body
-            )
-        model = rt.config.models[model_id]
-        async with rt.router.lease(model_id) as upstream:
-            route = local_route(rt.config, model, upstream, path, rest, tap)
-            return await request.app[PROXY].forward(request, route, body)
-
-
-def _split_upstream_path(config: Config, raw_path: str) -> tuple[str, str]:
-    """The longest leading run of segments naming a model or peer model."""
-    segments = raw_path.split("/")
-    for n in range(len(segments), 0, -1):
-        name = unquote("/".join(segments[:n]))
-        if config.resolve(name) is not None or config.peer_of(name) is not None:
-            rest = "/".join(segments[n:])
-            return name, ("/" + rest) if n < len(segments) else ""
-    raise NotFound(f"model not found: no configured model matches /upstream/{raw_path}")
-
-
-def _refuse_ignored_path(rt: Runtime, model_id: str, rest: str) -> None:
-    if rt.router.state_of(model_id) is UpstreamState.READY:
-        return
-    if any(p.search(rest) for p in rt.config.upstream.patterns()):
-        raise Conflict(
-            f"model {model_id} is not loaded; path matches upstream.ignorePaths"
-        )
-
-
-def _is_websocket(request: web.Request) -> bool:
-    return request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
-
-
-async def _websocket(
-    request: web.Request, rt: Runtime, model_id: str, path: str
-) -> web.StreamResponse:
-    model = rt.config.models[model_id]
-    if model.compat.ignore_websockets or model_id == "comfyui_auto":
-        # Never loads, never queues, never counts (llama-swap compat).
-        if rt.router.state_of(model_id) is not UpstreamState.READY:
-            raise Conflict(
-                f"model {model_id} is not loaded; ignored websocket "
-                "requests cannot start it"
-            )
-        upstream = rt.router.upstreams[model_id]
-        return await request.app[PROXY].websocket(
-            request, local_route(rt.config, model, upstream, path, path)
-        )
-    async with rt.router.lease(model_id) as upstream:
-        return await request.app[PROXY].websocket(
-            request, local_route(rt.config, model, upstream, path, path)
-        )

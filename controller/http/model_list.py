@@ -1,4 +1,5 @@
-"""``/v1/models``: the records llama-swap clients parse (llama-swap.md §5.7).
+"""How models look to clients: the ``/v1/models`` records llama-swap clients
+parse (llama-swap.md §5.7) and the ``modelStatus`` event the UI reads (§5.3).
 
 Local models, their aliases (with ``includeAliasesInList``), selectors, peer
 models and active-profile pins, each with ``meta.llamaswap`` saying what it is.
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
 
     from controller.config.model import Config, ModelConfig
     from controller.config.sections import Capabilities
+    from controller.engine.runtime import Runtime
 
 # metadata keys the capability renderer owns when capabilities are set
 _RENDERED = ("architecture", "capabilities", "supported_parameters", "context_length")
@@ -152,4 +154,41 @@ def render_capabilities(caps: Capabilities) -> dict[str, Any]:
         out["supported_parameters"] = ["tools", "tool_choice"]
     if caps.context > 0:
         out["context_length"] = caps.context
+    return out
+
+
+def model_status(rt: Runtime) -> list[dict[str, Any]]:
+    """Every local model with its state, then every peer model (llama-swap §5.3)."""
+    out: list[dict[str, Any]] = []
+    states = rt.router.status()
+    for mid, model in sorted(rt.config.models.items()):
+        entry: dict[str, Any] = {
+            "id": mid,
+            "name": model.name,
+            "description": model.description,
+            "state": states[mid].state.value,
+            "unlisted": model.unlisted,
+            "peerID": "",
+        }
+        if model.aliases:
+            entry["aliases"] = list(model.aliases)
+        if model.capabilities.configured:
+            entry["capabilities"] = render_capabilities(model.capabilities).get(
+                "capabilities", {}
+            )
+            if model.capabilities.context:
+                entry["context_length"] = model.capabilities.context
+        out.append(entry)
+    for pid, peer in sorted(rt.config.peers.items()):
+        out.extend(
+            {
+                "id": f"{pid}/{m}",
+                "name": "",
+                "description": "",
+                "state": "",
+                "unlisted": False,
+                "peerID": pid,
+            }
+            for m in dict.fromkeys(peer.models)
+        )
     return out

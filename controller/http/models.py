@@ -1,5 +1,6 @@
-"""Operator endpoints: the model list, what is running, unloading, profiles,
-health. Everything here reads state or asks the Router; nothing proxies."""
+"""Model management endpoints: the model list, what is running, unloading,
+profiles, version, health. Everything here reads state or asks the router;
+nothing proxies."""
 
 from __future__ import annotations
 
@@ -10,16 +11,16 @@ from aiohttp import hdrs, web
 
 from controller import __version__
 from controller.errors import BadRequest, NotFound
-from controller.inference import NAMES, RUNTIME
-from controller.listing import model_records
-from controller.monitor import EVENTS, model_status
+from controller.http.keys import EVENTS, NAMES, RUNTIME
+from controller.http.model_list import model_records, model_status
 
 
 async def list_models(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
+    status = rt.router.status()
     records = model_records(
         rt.config,
-        lambda m: rt.router.upstreams[m].running,
+        lambda m: status[m].running,
         int(time.time()),
         request.app[NAMES].profiles.pins(),
     )
@@ -33,7 +34,7 @@ async def list_models(request: web.Request) -> web.Response:
 async def running(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     out = []
-    for mid, upstream in sorted(rt.router.upstreams.items()):
+    for mid, upstream in sorted(rt.router.status().items()):
         if not upstream.running:
             continue
         model = rt.config.models[mid]

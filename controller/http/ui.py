@@ -2,11 +2,8 @@
 
 The UI is plain ES modules and one stylesheet shipped as package data in
 ``controller/ui/``: nothing is built at run time and nothing comes from a CDN.
-Routes (added in ``controller.app``)::
-
-    r.add_get("/ui", ui_static.serve_ui)
-    r.add_get("/ui/{tail:.*}", ui_static.serve_ui)
-    r.add_get("/favicon.ico", ui_static.favicon)
+Routes (rows of ``controller.http.app.ROUTES``): ``GET /ui``, ``GET /ui/{tail}``
+and ``GET /favicon.ico``.
 
 ``/ui`` redirects (301) to ``/ui/``; a known file is served with its content
 type; an unknown path without an extension is the SPA's ``index.html`` (the UI

@@ -232,3 +232,11 @@ def _percent(part: int | None, whole: int | None) -> float | None:
     if part is None or not whole:
         return None
     return part * 100.0 / whole
+
+
+@dataclass
+class GpuHolder:
+    """The GPU probe (None without NVML) and the cached hardware snapshot."""
+
+    probe: GpuProbe | None
+    snapshot: dict[str, Any] | None = None

@@ -16,8 +16,6 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
 from controller.observability.activity import ActivityEntry, ActivityStore
 from controller.observability.captures import (
     BoundedBody,
@@ -34,6 +32,8 @@ from controller.observability.usage import (
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
+
+    from aiohttp import web
 
     from controller.observability.events import EventBus
     from controller.observability.metrics import Metrics
@@ -289,6 +289,3 @@ class LazyCapture:
 
 def _rfc3339(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
-OBSERVER: web.AppKey[Observer] = web.AppKey("observer")

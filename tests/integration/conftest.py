@@ -11,9 +11,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from backends.native import NativeBackend
-from controller.app import create_app
 from controller.config.loader import parse_config
-from controller.inference import RUNTIME
+from controller.http.app import create_app
+from controller.http.keys import RUNTIME
 from tests.conftest import port_block
 
 if TYPE_CHECKING:

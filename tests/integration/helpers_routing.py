@@ -22,10 +22,10 @@ import aiohttp
 from aiohttp.test_utils import TestClient, TestServer
 
 from backends.native import NativeBackend
-from controller.app import create_app
 from controller.config.loader import load_config
 from controller.engine.states import UpstreamState
-from controller.inference import NAMES, RUNTIME
+from controller.http.app import create_app
+from controller.http.keys import NAMES, RUNTIME
 from tests.conftest import FAKE, PY, ROOT, port_block
 
 if TYPE_CHECKING:

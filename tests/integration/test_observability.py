@@ -33,15 +33,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from backends.native import NativeBackend
-from controller.app import create_app
 from controller.config.loader import parse_config
 from controller.errors import SRC
-from controller.inference import RUNTIME
-from controller.monitor import EVENTS, PERF
+from controller.http.app import create_app
+from controller.http.keys import EVENTS, OBSERVER, PERF, RUNTIME
 from controller.observability.events import BACKLOG, EventBus, frame
 from controller.observability.gpu import NvmlProbe
 from controller.observability.logs import Logs, install
-from controller.observability.recorder import OBSERVER
 from tests.conftest import PY, ROOT, fake_cmd, port_block, wait_until
 from tests.fakes.fake_nvml import GIB, GPUS, FakeNvml
 

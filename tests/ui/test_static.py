@@ -1,7 +1,6 @@
 """``controller.ui_static``: how the UI's files are served (no browser needed).
 
-Runs the real app in-process; until ``controller.app`` routes ``/ui`` to
-``serve_ui`` itself, the fixture points the placeholder handler there.
+Runs the real app in-process.
 """
 
 from __future__ import annotations
@@ -13,10 +12,11 @@ from typing import TYPE_CHECKING
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+import controller
 from backends.native import NativeBackend
-from controller import ui_static
-from controller.app import create_app
 from controller.config.loader import parse_config
+from controller.http import ui as ui_static
+from controller.http.app import create_app
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.ui
 
-UI_DIR = Path(ui_static.__file__).parent / "ui"
+UI_DIR = Path(controller.__file__).parent / "ui"
 
 
 async def _client(

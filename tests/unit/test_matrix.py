@@ -11,27 +11,29 @@ from typing import TYPE_CHECKING
 import pytest
 import yaml
 
-from controller.engine.matrix import (
+from controller.config.matrix import (
     DSLError,
     Ident,
-    MatrixDecision,
-    MatrixPolicy,
     Op,
     Ref,
+    State as _State,
     Token,
-    _maximal,
-    _State,
     go_quote,
+    maximal as _maximal,
     parse_dsl,
-    policy_from_config,
     tokenize,
+)
+from controller.engine.matrix import (
+    MatrixDecision,
+    MatrixPolicy,
+    policy_from_config,
 )
 from controller.errors import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from controller.engine.matrix import Expr
+    from controller.config.matrix import Expr
     from controller.engine.scheduler import EvictionPolicy
 
 MODELS = ["a", "b", "c", "d", "e", "t"]

@@ -1,0 +1,115 @@
+"""The middlewares the route table declares, outermost first: CORS preflight,
+error rendering (every ``ControllerError`` in the client's own shape), and API
+key checks (routes the table marks open are exempt).
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+from collections.abc import Awaitable, Callable
+
+from aiohttp import hdrs, web
+
+from controller.dispatch.endpoints import is_anthropic
+from controller.errors import SRC, ControllerError, anthropic_body, openai_body
+from controller.http.keys import OPEN_ROUTES, RUNTIME
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_CORS_DEFAULT_HEADERS = "Content-Type, Authorization, Accept, X-Requested-With"
+
+
+@web.middleware
+async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Preflight answered for every path, before auth (as llama-swap)."""
+    if request.method != hdrs.METH_OPTIONS:
+        return await handler(request)
+    wanted = request.headers.get(hdrs.ACCESS_CONTROL_REQUEST_HEADERS, "")
+    allowed = ", ".join(h.strip() for h in wanted.split(",") if _is_token(h.strip()))
+    return web.Response(
+        status=204,
+        headers={
+            hdrs.ACCESS_CONTROL_ALLOW_ORIGIN: "*",
+            hdrs.ACCESS_CONTROL_ALLOW_METHODS: "GET, POST, PUT, PATCH, DELETE, OPTIONS",
+            hdrs.ACCESS_CONTROL_ALLOW_HEADERS: allowed or _CORS_DEFAULT_HEADERS,
+            hdrs.ACCESS_CONTROL_MAX_AGE: "86400",
+        },
+    )
+
+
+def _is_token(name: str) -> bool:
+    return bool(name) and all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in name)
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ControllerError as exc:
+        return render_error(
+            request, exc.status, exc.message, exc.code, exc.retry_after, exc.param
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return render_error(request, exc.status, exc.reason or "error", None, None)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    keys = request.app[RUNTIME].config.api_keys
+    if not keys or request.match_info.route in request.app[OPEN_ROUTES]:
+        return await handler(request)
+    offered = _offered_key(request)
+    if offered is None or not any(
+        hmac.compare_digest(offered.encode(), key.encode()) for key in keys
+    ):
+        response = render_error(
+            request, 401, "unauthorized: invalid or missing API key", None, None
+        )
+        response.headers[hdrs.WWW_AUTHENTICATE] = f'Basic realm="{SRC}"'
+        return response
+    return await handler(request)
+
+
+def _offered_key(request: web.Request) -> str | None:
+    auth = request.headers.get(hdrs.AUTHORIZATION, "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            return base64.b64decode(value.strip()).decode().partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            return None
+    if scheme.lower() == "bearer":
+        return value.strip()
+    return request.headers.get("x-api-key")
+
+
+def render_error(
+    request: web.Request,
+    status: int,
+    message: str,
+    code: str | None,
+    retry_after: int | None,
+    param: str | None = None,
+) -> web.Response:
+    accept = request.headers.get(hdrs.ACCEPT, "")
+    if "text/plain" in accept and not is_anthropic(request.path):
+        response = web.Response(status=status, text=f"{SRC}: {message}")
+    elif is_anthropic(request.path):
+        response = web.Response(
+            status=status,
+            body=anthropic_body(status, message),
+            content_type="application/json",
+        )
+    else:
+        response = web.Response(
+            status=status,
+            body=openai_body(status, message, code, param),
+            content_type="application/json",
+        )
+    if retry_after is not None:
+        response.headers[hdrs.RETRY_AFTER] = str(retry_after)
+    return response
