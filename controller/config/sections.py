@@ -21,6 +21,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from backends.specs import ContainerSpec, MockSpec
+from controller.config.rules import check_every, validate_store_path
 
 # llama-swap's default for upstream.ignorePaths (static assets never load a model).
 DEFAULT_IGNORE_PATHS = (r".*\.(js|json|css|png|gif|jpg|jpeg|ico|txt)$",)
@@ -272,8 +273,6 @@ class StoreSettings(Section):
     @classmethod
     def _path(cls, v: str | None) -> str | None:
         if v is not None:
-            from controller.observability.activity import validate_store_path
-
             try:
                 validate_store_path(v)
             except ValueError as exc:
@@ -321,8 +320,6 @@ class PerformanceSettings(Section):
     @field_validator("every")
     @classmethod
     def _every(cls, v: str) -> str:
-        from controller.observability.perf import check_every
-
         try:
             check_every(go_duration_s(v))
         except ValueError as exc:

@@ -17,13 +17,10 @@ so an asyncio caller may call it inline or push it to a thread
 from __future__ import annotations
 
 import calendar
-import errno
 import json
 import math
-import os
 import re
 import sqlite3
-import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -50,7 +47,6 @@ __all__ = [
     "parse_query",
     "percentile",
     "total_pages",
-    "validate_store_path",
 ]
 
 DEFAULT_LIMIT = 25
@@ -562,36 +558,3 @@ def _entry_of(row: Sequence[Any]) -> ActivityEntry:
 
 
 # ------------------------------------------------------------ validation ---
-
-
-def _errno_text(code: int) -> str:
-    """Go's lower-case errno wording (``permission denied``)."""
-    text = os.strerror(code)
-    return text[:1].lower() + text[1:]
-
-
-def validate_store_path(path: str) -> None:
-    """llama-swap's ``store.path`` check; raises ValueError with its texts."""
-    if not path.strip():
-        raise ValueError("store.path must not be empty")
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        directory = os.path.dirname(path) or "."
-        if not os.access(directory, os.W_OK):
-            code = errno.EACCES if os.path.exists(directory) else errno.ENOENT
-            why = _errno_text(code)
-            raise ValueError(
-                f"store.path: directory {directory} is not writable: {why}"
-            ) from None
-        return
-    except OSError as exc:
-        raise ValueError(
-            f"store.path: stat {path}: {_errno_text(exc.errno or 0)}"
-        ) from exc
-    if stat.S_ISDIR(info.st_mode):
-        raise ValueError(f"store.path: {path} is a directory, not a file")
-    if not os.access(path, os.W_OK):
-        raise ValueError(
-            f"store.path: {path} is not writable: {_errno_text(errno.EACCES)}"
-        )

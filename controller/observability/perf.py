@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from controller import __version__
+from controller.config.rules import check_every
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -49,7 +50,6 @@ if TYPE_CHECKING:
     from controller.observability.gpu import GpuInfo, GpuProbe, GpuSample
 
 DEFAULT_EVERY_S = 5.0
-MIN_EVERY_S = 5.0
 HISTORY_S = 3600.0
 AFTER_ERROR = "invalid 'after' timestamp, use RFC3339 format"
 MIB = 1024 * 1024
@@ -143,22 +143,6 @@ def _net_io() -> tuple[NetIo, ...]:
     return tuple(
         NetIo(name, c.bytes_recv, c.bytes_sent) for name, c in sorted(nics.items())
     )
-
-
-def check_every(every_s: float) -> float:
-    """``every_s`` if it is at least 5 s, else llama-swap's error as ValueError."""
-    if every_s < MIN_EVERY_S:
-        raise ValueError(
-            f"performance: every must be at least 5s, got {_go_duration(every_s)}"
-        )
-    return every_s
-
-
-def _go_duration(seconds: float) -> str:
-    """Go's ``time.Duration`` text for durations under a minute."""
-    if 0 < seconds < 1:
-        return f"{seconds * 1000:g}ms"
-    return f"{seconds:g}s"
 
 
 def rfc3339(at: datetime) -> str:

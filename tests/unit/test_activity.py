@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from controller.config.rules import validate_store_path
 from controller.errors import BadRequest
 from controller.observability.activity import (
     PRUNE_EVERY,
@@ -21,7 +22,6 @@ from controller.observability.activity import (
     histogram,
     percentile,
     total_pages,
-    validate_store_path,
 )
 from controller.observability.usage import UsageResult
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
-from controller.check import check_main
+from controller.cli.check import check_main
 from controller.config.loader import load_config, parse_config
 
 if TYPE_CHECKING:

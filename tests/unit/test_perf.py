@@ -11,6 +11,7 @@ import psutil
 import pytest
 
 from controller import __version__
+from controller.config.rules import check_every
 from controller.observability.gpu import NvmlProbe
 from controller.observability.perf import (
     AFTER_ERROR,
@@ -19,7 +20,6 @@ from controller.observability.perf import (
     SysSample,
     SystemSampler,
     architecture,
-    check_every,
     hardware_snapshot,
     parse_cpuinfo,
     parse_rfc3339,

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from controller.check import config_schema
 from controller.config.loader import parse_yaml
+from controller.config.schema import config_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_FILE = ROOT / "config.schema.json"

@@ -1,0 +1,2 @@
+"""The command line: ``swapvisor`` serves; ``swapvisor check`` and
+``swapvisor schema`` describe a config."""

@@ -1,0 +1,212 @@
+"""Command line: ``swapvisor --config FILE [--listen ADDR]``.
+
+``python -m controller`` is the same. Flags are llama-swap's and accept one
+or two dashes. ``swapvisor check CONFIG`` validates a config and shows what it
+resolves to; ``swapvisor schema`` prints the config's JSON Schema. A config
+that cannot be loaded exits 1 with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import signal
+import ssl
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from backends.native import NativeBackend
+from controller import __version__
+from controller.cli.check import check_main, schema_main
+from controller.config.loader import load_config
+from controller.engine.pool import default_instance
+from controller.engine.reload import Reloader
+from controller.errors import ConfigError
+from controller.http.app import create_app
+from controller.http.keys import EVENTS, LOGS, RUNTIME
+from controller.http.model_list import model_status
+from controller.observability.logs import Logs, install as install_log_handler
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from controller.config.model import Config
+
+log = logging.getLogger("swapvisor")
+
+DEFAULT_HOST = "127.0.0.1"
+# How long in-flight responses may keep streaming after SIGTERM/SIGINT.
+SHUTDOWN_GRACE_S = 10.0
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="swapvisor",
+        description="One OpenAI/Anthropic-compatible endpoint that swaps model "
+        "servers on demand (llama-swap compatible). Subcommands: "
+        "'swapvisor check CONFIG', 'swapvisor schema'.",
+    )
+    parser.add_argument("-config", "--config", help="config file (YAML)")
+    parser.add_argument(
+        "-config-dir",
+        "--config-dir",
+        help="directory of *.yml/*.yaml merged after --config",
+    )
+    parser.add_argument(
+        "-listen",
+        "--listen",
+        default=None,
+        help="address to listen on (default 127.0.0.1:8080, or :8443 with TLS)",
+    )
+    parser.add_argument(
+        "-watch-config",
+        "--watch-config",
+        action="store_true",
+        help="reload when the config changes (polls every 2 s)",
+    )
+    parser.add_argument("-tls-cert-file", "--tls-cert-file", help="TLS certificate")
+    parser.add_argument("-tls-key-file", "--tls-key-file", help="TLS private key")
+    parser.add_argument(
+        "-version", "--version", action="store_true", help="print the version and exit"
+    )
+    return parser.parse_args(argv)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``host:port``, ``:port`` (all interfaces) or ``[v6]:port``."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(
+            f"--listen {listen!r}: expected HOST:PORT, e.g. 127.0.0.1:8080"
+        )
+    host = host.strip("[]")
+    return (host or "0.0.0.0"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _fail(reason: str) -> int:
+    print(f"swapvisor: {' '.join(reason.split())}", file=sys.stderr)  # noqa: T201
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["check"]:
+        return check_main(args_list[1:])
+    if args_list[:1] == ["schema"]:
+        return schema_main(args_list[1:])
+    args = parse_args(args_list)
+    if args.version:
+        print(f"version: {__version__} (swapvisor)")  # noqa: T201
+        return 0
+    if not args.config and not args.config_dir:
+        return _fail("at least one of --config or --config-dir must be provided")
+    if bool(args.tls_cert_file) != bool(args.tls_key_file):
+        return _fail("both --tls-cert-file and --tls-key-file must be provided for TLS")
+    tls = _tls_context(args.tls_cert_file, args.tls_key_file)
+    if isinstance(tls, str):
+        return _fail(tls)
+    listen = args.listen or f"{DEFAULT_HOST}:{8443 if tls else 8080}"
+    try:
+        loaded = load_config(args.config, args.config_dir)
+        host, port = parse_listen(listen)
+    except (ConfigError, ValueError) as exc:
+        return _fail(f"{args.config or args.config_dir}: {exc}")
+    cfg = loaded.config
+    logs = Logs(cfg.log_to_stdout)
+    install_log_handler(logs, cfg.log_level, cfg.log_time_format)
+    for warning in loaded.warnings:
+        log.warning("config: %s", warning)
+    if not is_loopback(host):
+        log.warning(
+            "swapvisor is reachable by all hosts on the network; use "
+            "--listen 127.0.0.1:%d to restrict it to loopback",
+            port,
+        )
+    sources = (_path(args.config), _path(args.config_dir))
+    asyncio.run(serve(cfg, host, port, tls, sources, args.watch_config, logs))
+    return 0
+
+
+def _reloaded(app: web.Application) -> None:
+    config = app[RUNTIME].config
+    install_log_handler(app[LOGS], config.log_level, config.log_time_format)
+    app[EVENTS].publish("modelStatus", model_status(app[RUNTIME]))
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def _tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | str | None:
+    if not cert or not key:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        return f"cannot load TLS certificate {cert} / key {key}: {exc}"
+    return context
+
+
+async def serve(
+    config: Config,
+    host: str,
+    port: int,
+    tls: ssl.SSLContext | None,
+    sources: tuple[Path | None, Path | None],
+    watch: bool,
+    logs: Logs,
+) -> None:
+    """Run until SIGINT or SIGTERM, then stop every upstream and return."""
+    app = create_app(config, NativeBackend(), logs, default_instance(port))
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,
+        shutdown_timeout=SHUTDOWN_GRACE_S,
+        access_log=None,
+    )
+    reloader = Reloader(app[RUNTIME], *sources, on_reload=lambda: _reloaded(app))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # Before setup: setup reaps orphan containers, which can take a while with
+    # a slow engine, and a SIGTERM meanwhile must still shut down cleanly.
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reloader.request)
+    await runner.setup()
+    watcher = asyncio.create_task(reloader.watch()) if watch else None
+    try:
+        site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=tls)
+        await site.start()
+        scheme = "https" if tls else "http"
+        log.info("swapvisor listening on %s://%s:%d", scheme, host, port)
+        await stop.wait()
+        log.info("shutting down: stopping every upstream")
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        await reloader.aclose()
+        await runner.cleanup()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            with contextlib.suppress(ValueError):
+                loop.remove_signal_handler(sig)
+    log.info("shutdown complete")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
