@@ -16,7 +16,7 @@ import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Literal, get_args
+from typing import ClassVar, Literal, get_args
 
 PullPolicy = Literal["missing", "always", "never"]
 PULL_POLICIES: tuple[str, ...] = get_args(PullPolicy)
@@ -243,15 +243,25 @@ def _normalise_gpus(
 
 @dataclass(frozen=True, slots=True)
 class MockSpec:
-    """How the mock backend's simulated server behaves.
+    """How the mock backend's simulated server behaves (``models.<id>.mock``).
 
-    ``health_failures``: failing ``/health`` probes before it is ready (-1:
-    never ready). ``crash_after_requests``: it exits with ``exit_code`` once it
-    has answered that many inference requests. ``startup_exit``: it exits with
-    ``exit_code`` right after launch, before listening. ``ignore_stop``: like a
+    ``healthFailures``: failing ``/health`` probes before it is ready (-1:
+    never ready). ``crashAfterRequests``: it exits with ``exitCode`` once it
+    has answered that many inference requests. ``startupExit``: it exits with
+    ``exitCode`` right after launch, before listening. ``ignoreStop``: like a
     server ignoring SIGTERM, stop waits the whole grace and then kills it.
-    ``stop_delay_s``: a graceful shutdown takes this long.
+    ``startDelay``, ``stopDelay``, ``chunkDelay``: seconds before it listens,
+    that a graceful shutdown takes, between streamed chunks.
     """
+
+    # The config block ``models.<id>.mock`` is this dataclass, validated by
+    # pydantic in the config layer under these key spellings (``startDelay``,
+    # ``healthFailures``...): one definition of the mock's settings.
+    __pydantic_config__: ClassVar[dict[str, object]] = {
+        "alias_generator": lambda name: _camel(name.removesuffix("_s")),
+        "populate_by_name": True,
+        "extra": "forbid",
+    }
 
     start_delay_s: float = 0.0
     health_failures: int = 0
@@ -270,3 +280,8 @@ class MockSpec:
             raise ValueError("health_failures: a count, or -1 for never ready")
         if self.crash_after_requests is not None and self.crash_after_requests < 1:
             raise ValueError("crash_after_requests must be at least 1")
+
+
+def _camel(snake: str) -> str:
+    head, *rest = snake.split("_")
+    return head + "".join(part.title() for part in rest)

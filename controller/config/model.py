@@ -23,6 +23,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from backends.base import LaunchSpec
+from backends.specs import MockSpec
 from controller.config.macros import (
     strip_cmd_comments,
 )
@@ -34,7 +35,6 @@ from controller.config.sections import (
     GroupConfig,
     Hooks,
     MatrixConfig,
-    MockBlock,
     PeerConfig,
     PerformanceSettings,
     ProfileConfig,
@@ -99,7 +99,7 @@ class ModelConfig(_Section):
     # simulate it in-process (at most one of the three).
     docker: ContainerBlock | None = None
     podman: ContainerBlock | None = None
-    mock: MockBlock | None = None
+    mock: MockSpec | None = None
 
     @model_validator(mode="after")
     def _one_backend(self) -> ModelConfig:
@@ -370,7 +370,7 @@ class Config(_Section):
             env=m.env_map(),
             cmd_stop=split_command(m.cmd_stop),
             container=block.spec() if (block := m.docker or m.podman) else None,
-            mock=m.mock.spec() if m.mock is not None else None,
+            mock=m.mock,
         )
 
 

@@ -20,7 +20,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from backends.specs import ContainerSpec, MockSpec
+from backends.specs import ContainerSpec
 from controller.config.rules import check_every, validate_store_path
 
 # llama-swap's default for upstream.ignorePaths (static assets never load a model).
@@ -398,31 +398,4 @@ class ContainerBlock(Section):
             stop_signal=self.stop_signal,
             name=self.name,
             init=self.init,
-        )
-
-
-class MockBlock(Section):
-    """``models.<id>.mock``: a simulated server for users' CI (no engine, no GPU)."""
-
-    start_delay: float = 0.0
-    health_failures: int = 0
-    crash_after_requests: int | None = None
-    exit_code: int = 1
-    startup_exit: bool = False
-    reply: str = "Hello from the swapvisor mock."
-    ignore_stop: bool = False
-    stop_delay: float = 0.0
-    chunk_delay: float = 0.0
-
-    def spec(self) -> MockSpec:
-        return MockSpec(
-            start_delay_s=self.start_delay,
-            health_failures=self.health_failures,
-            crash_after_requests=self.crash_after_requests,
-            exit_code=self.exit_code,
-            startup_exit=self.startup_exit,
-            reply=self.reply,
-            ignore_stop=self.ignore_stop,
-            stop_delay_s=self.stop_delay,
-            chunk_delay_s=self.chunk_delay,
         )
