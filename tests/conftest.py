@@ -1,5 +1,6 @@
-"""Shared fixtures: free ports, config files, the fake upstream command, and
-swapvisor itself as a real subprocess. Every fixture that starts something
+"""Shared fixtures: free ports, config files, the fake upstream command,
+swapvisor itself as a real subprocess (``swapvisor``) and in-process
+(``apps``, from ``tests/harness.py``). Every fixture that starts something
 stops it (and checks nothing it started is left running)."""
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import pytest
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
     from io import TextIOWrapper
+
+    from tests.harness import Apps
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE = ROOT / "tests" / "fakes" / "fake_upstream.py"
@@ -64,6 +67,15 @@ def fake_cmd(model: str, *flags: str) -> str:
     return f"{PY} {FAKE} --port ${{PORT}} --model {model} {extra}".rstrip()
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def pids_of(pattern: str) -> list[int]:
     """Live processes whose command line contains ``pattern`` (zombies excluded)."""
     out = []
@@ -72,10 +84,9 @@ def pids_of(pattern: str) -> list[int]:
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            stat = (entry / "stat").read_text()
         except OSError:
             continue
-        if pattern in cmdline and stat.rsplit(")", 1)[1].split()[0] != "Z":
+        if pattern in cmdline and alive(int(entry.name)):
             out.append(int(entry.name))
     return out
 
@@ -200,6 +211,17 @@ def _wait_healthy(sv: Swapvisor) -> None:
             return False
 
     wait_until_sync(up, timeout=20)
+
+
+@pytest.fixture
+async def apps(tmp_path: Path) -> AsyncIterator[Apps]:
+    """The in-process harness (``tests.harness.Apps``); everything it started
+    is stopped afterwards."""
+    from tests.harness import Apps  # the harness imports this module
+
+    apps = Apps(tmp_path)
+    yield apps
+    await apps.aclose()
 
 
 @pytest.fixture

@@ -104,15 +104,6 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
-def alive(pid: int) -> bool:
-    """Running and not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def in_flight(sv: Swapvisor, model: str) -> int:
     """Requests being served by ``model`` now, from swapvisor's /running."""
     with urllib.request.urlopen(f"{sv.url}/running", timeout=5) as r:

@@ -14,8 +14,8 @@ import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from tests.conftest import wait_until
-from tests.e2e.conftest import alive, children_of, in_flight
+from tests.conftest import alive, wait_until
+from tests.e2e.conftest import children_of, in_flight
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -17,8 +17,8 @@ import pytest
 from anthropic import Anthropic
 from openai import OpenAI
 
-from tests.conftest import ROOT
-from tests.e2e.conftest import alive, own_pids
+from tests.conftest import ROOT, alive
+from tests.e2e.conftest import own_pids
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

@@ -1,7 +1,8 @@
 """A fake ``pynvml`` for tests: two GPUs with fixed figures.
 
-It has the function and constant names ``controller.gpu.NvmlProbe`` uses, with
-pynvml's units (bytes, milliwatts, degrees C, percent) and its error type.
+It has the function and constant names
+``controller.observability.gpu.NvmlProbe`` uses, with pynvml's units (bytes,
+milliwatts, degrees C, percent) and its error type.
 
 GPU 0 (an H100) answers everything. GPU 1 (an A100 SXM, passively cooled)
 raises "Not Supported" for the fan and the memory temperature, as real cards

@@ -1,6 +1,6 @@
-"""``controller.ui_static``: how the UI's files are served (no browser needed).
+"""``controller.http.ui``: how the UI's files are served (no browser needed).
 
-Runs the real app in-process.
+Runs the real app in-process (``tests/harness.py``).
 """
 
 from __future__ import annotations
@@ -10,18 +10,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
 import controller
-from backends.native import NativeBackend
-from controller.config.loader import parse_config
 from controller.http import ui as ui_static
-from controller.http.app import create_app
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
     from aiohttp import web
+    from aiohttp.test_utils import TestClient
+
+    from tests.harness import Apps
 
     Client = TestClient[web.Request, web.Application]
 
@@ -30,20 +27,9 @@ pytestmark = pytest.mark.ui
 UI_DIR = Path(controller.__file__).parent / "ui"
 
 
-async def _client(
-    monkeypatch: pytest.MonkeyPatch, yaml_text: str = "models: {}\n"
-) -> Client:
-    app: web.Application = create_app(parse_config(yaml_text).config, NativeBackend())
-    client: Client = TestClient(TestServer(app, host="127.0.0.1"))
-    await client.start_server()
-    return client
-
-
 @pytest.fixture
-async def client(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Client]:
-    c = await _client(monkeypatch)
-    yield c
-    await c.close()
+async def client(apps: Apps) -> Client:
+    return (await apps.start("models: {}\n")).client
 
 
 async def test_ui_redirects_to_the_slash(client: Client) -> None:
@@ -156,20 +142,15 @@ def test_nothing_comes_from_a_cdn() -> None:
             assert spec.startswith(("./", "../")), (path, spec)
 
 
-async def test_with_api_keys_the_ui_asks_for_basic_auth(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_with_api_keys_the_ui_asks_for_basic_auth(apps: Apps) -> None:
     import base64
 
-    client = await _client(monkeypatch, "apiKeys: [k1]\nmodels: {}\n")
-    try:
-        resp = await client.get("/ui/", headers={"Accept": "text/html"})
-        assert resp.status == 401
-        assert resp.headers["WWW-Authenticate"].startswith("Basic realm=")
-        basic = base64.b64encode(b"me:k1").decode()
-        resp = await client.get("/ui/", headers={"Authorization": f"Basic {basic}"})
-        assert resp.status == 200
-        resp = await client.get("/favicon.ico")  # open, like llama-swap's
-        assert resp.status == 200
-    finally:
-        await client.close()
+    client = (await apps.start("apiKeys: [k1]\nmodels: {}\n")).client
+    resp = await client.get("/ui/", headers={"Accept": "text/html"})
+    assert resp.status == 401
+    assert resp.headers["WWW-Authenticate"].startswith("Basic realm=")
+    basic = base64.b64encode(b"me:k1").decode()
+    resp = await client.get("/ui/", headers={"Authorization": f"Basic {basic}"})
+    assert resp.status == 200
+    resp = await client.get("/favicon.ico")  # open, like llama-swap's
+    assert resp.status == 200

@@ -1,0 +1,158 @@
+"""The native backend against real processes: launch, probe, stop escalation,
+process groups, cmdStop, output capture, and dying with its parent."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from backends.base import BackendStartError, Handle, Health, LaunchSpec
+from backends.native import NativeBackend
+from tests.conftest import FAKE, PY, alive, free_port, wait_until, wait_until_sync
+
+
+def spec_for(port: int, *flags: str, cmd_stop: tuple[str, ...] = ()) -> LaunchSpec:
+    return LaunchSpec(
+        argv=(PY, str(FAKE), "--port", str(port), "--model", "m", *flags),
+        base_url=f"http://127.0.0.1:{port}",
+        cmd_stop=cmd_stop,
+        probe_timeout_s=1.0,
+    )
+
+
+async def until_ready(backend: NativeBackend, handle: Handle, spec: LaunchSpec) -> None:
+    async with asyncio.timeout(10):
+        while await backend.health(handle, spec) is not Health.READY:
+            await asyncio.sleep(0.01)
+
+
+async def test_native_start_ready_stop_graceful() -> None:
+    backend = NativeBackend()
+    spec = spec_for(free_port())
+    handle = await backend.start("m", spec)
+    await until_ready(backend, handle, spec)
+    info = await backend.stop(handle, spec, grace=5)
+    assert (info.code, info.forced) == (0, False)
+    assert not alive(int(handle.ref))
+    assert await backend.health(handle, spec) is Health.EXITED
+    await backend.aclose()
+
+
+async def test_native_ignoring_sigterm_is_killed_after_grace() -> None:
+    backend = NativeBackend()
+    spec = spec_for(free_port(), "--ignore-sigterm")
+    handle = await backend.start("m", spec)
+    await until_ready(backend, handle, spec)
+    info = await backend.stop(handle, spec, grace=0.3)
+    assert info.forced is True
+    assert info.code == -signal.SIGKILL
+    assert info.describe() == "killed by signal 9"
+    await backend.aclose()
+
+
+async def test_native_stop_kills_the_whole_process_group() -> None:
+    backend = NativeBackend()
+    spec = spec_for(free_port(), "--spawn-child")
+    handle = await backend.start("m", spec)
+    lines: list[bytes] = []
+
+    async def read() -> None:
+        async for line in backend.logs(handle):
+            lines.append(line)  # noqa: PERF401 - read while it grows
+
+    reader = asyncio.create_task(read())
+    await wait_until(lambda: any(b"child pid" in ln for ln in lines))
+    child = int(re.search(rb"child pid (\d+)", b"".join(lines)).group(1))  # type: ignore[union-attr]
+    assert alive(child)
+    await backend.stop(handle, spec, grace=5)
+    await wait_until(lambda: not alive(child), timeout=5)
+    await asyncio.wait_for(reader, 5)
+    await backend.aclose()
+
+
+async def test_native_cmd_stop_runs_with_pid(tmp_path: Path) -> None:
+    marker = tmp_path / "stopped"
+    stopper = ("sh", "-c", f"echo ${{PID}} > {marker}; kill -TERM ${{PID}}")
+    backend = NativeBackend()
+    spec = spec_for(free_port(), cmd_stop=stopper)
+    handle = await backend.start("m", spec)
+    await until_ready(backend, handle, spec)
+    info = await backend.stop(handle, spec, grace=5)
+    assert marker.read_text().strip() == handle.ref
+    assert info.code == 0
+    await backend.aclose()
+
+
+async def test_native_output_is_captured_line_by_line() -> None:
+    backend = NativeBackend()
+    port = free_port()
+    spec = spec_for(port)
+    handle = await backend.start("m", spec)
+    first = await anext(backend.logs(handle))
+    assert first.decode().startswith(
+        f"fake-upstream listening on http://127.0.0.1:{port}"
+    )
+    await backend.stop(handle, spec, grace=5)
+    await backend.aclose()
+
+
+async def test_native_missing_binary_is_a_clear_start_error() -> None:
+    backend = NativeBackend()
+    spec = LaunchSpec(
+        argv=("/nonexistent/llama-server", "--port", "1"), base_url="http://127.0.0.1:1"
+    )
+    with pytest.raises(BackendStartError, match="/nonexistent/llama-server"):
+        await backend.start("m", spec)
+    with pytest.raises(BackendStartError, match="empty command"):
+        await backend.start("m", LaunchSpec(argv=(), base_url="http://127.0.0.1:1"))
+    await backend.aclose()
+
+
+async def test_native_exit_is_seen_by_health() -> None:
+    backend = NativeBackend()
+    spec = spec_for(free_port(), "--exit-on-start", "3")
+    handle = await backend.start("m", spec)
+    async with asyncio.timeout(10):
+        while await backend.health(handle, spec) is not Health.EXITED:
+            await asyncio.sleep(0.01)
+    info = await backend.stop(handle, spec, grace=1)
+    assert info.code == 3
+    await backend.aclose()
+
+
+def test_native_children_die_when_the_parent_is_sigkilled(tmp_path: Path) -> None:
+    """The kernel's parent-death signal: no orphan even after SIGKILL."""
+    port = free_port()
+    script = tmp_path / "parent.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import asyncio, sys
+        sys.path.insert(0, {str(Path(__file__).parents[2])!r})
+        from backends.native import NativeBackend
+        from backends.base import LaunchSpec
+        async def main():
+            spec = LaunchSpec(argv=({PY!r}, {str(FAKE)!r}, "--port", "{port}"),
+                              base_url="http://127.0.0.1:{port}")
+            handle = await NativeBackend().start("m", spec)
+            print(handle.ref, flush=True)
+            await asyncio.sleep(3600)
+        asyncio.run(main())
+    """)
+    )
+    with subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True
+    ) as parent:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        wait_until_sync(lambda: alive(child))
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(5)
+    wait_until_sync(lambda: not alive(child), timeout=5)
