@@ -1,6 +1,6 @@
 """The controller's error tree and how each error looks on the wire.
 
-Handlers raise; ``controller.app``'s error middleware renders once, in the
+Handlers raise; ``controller.http.middleware``'s error middleware renders once, in the
 client's own shape (OpenAI-style on most routes, Anthropic's on /v1/messages)::
 
     ControllerError                       status
@@ -13,6 +13,7 @@ client's own shape (OpenAI-style on most routes, Anthropic's on /v1/messages)::
     ├── UpstreamError                      502  upstream died or dropped the connection
     ├── UpstreamStartError                 503  failed to start (exited, bad cmd)
     │   └── ModelUnloaded                  503  unloaded while the request waited
+    │   └── CrashLoop                      503  quarantined after failed starts
     ├── ShuttingDown                       503  swapvisor is stopping
     └── UpstreamStartTimeout               504  health deadline passed
 """
@@ -20,6 +21,7 @@ client's own shape (OpenAI-style on most routes, Anthropic's on /v1/messages)::
 from __future__ import annotations
 
 import json
+import math
 from typing import ClassVar
 
 SRC = "swapvisor"
@@ -103,6 +105,17 @@ class UpstreamStartError(ControllerError):
 
 class ModelUnloaded(UpstreamStartError):
     code = "model_unloaded"
+
+
+class CrashLoop(UpstreamStartError):
+    """The model failed to start too often in a row: no start is attempted
+    until its quarantine ends (``retry_after`` says when)."""
+
+    code = "crash_loop"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, math.ceil(retry_after_s))
 
 
 class ShuttingDown(ControllerError):

@@ -31,6 +31,7 @@ from controller.config.sections import (
     Capabilities,
     Compat,
     ContainerBlock,
+    CrashLoop,
     Filters,
     GroupConfig,
     Hooks,
@@ -95,6 +96,10 @@ class ModelConfig(_Section):
     # swapvisor extension: a per-model start deadline in seconds, with no 15 s
     # floor, so a small model that hangs fails fast.
     health_check_timeout: float | None = None
+    # swapvisor extensions, overriding the top-level settings of the same name.
+    liveness_interval: float | None = None
+    crash_loop: CrashLoop | None = None
+    max_start_time: float | None = None
     # swapvisor extensions: run the model through a container engine's API, or
     # simulate it in-process (at most one of the three).
     docker: ContainerBlock | None = None
@@ -155,7 +160,14 @@ class ModelConfig(_Section):
             raise Worded(f"invalid proxy URL: {exc}", at="model") from exc
         return v
 
-    @field_validator("health_check_timeout")
+    @field_validator("liveness_interval")
+    @classmethod
+    def _liveness(cls, v: float | None) -> float | None:
+        if v is not None and v < 0:
+            raise ValueError(f"must be >= 0 seconds (0 turns it off), got {v}")
+        return v
+
+    @field_validator("health_check_timeout", "max_start_time")
     @classmethod
     def _positive(cls, v: float | None) -> float | None:
         if v is not None and v <= 0:
@@ -212,6 +224,13 @@ class Config(_Section):
     store: StoreSettings = Field(default_factory=StoreSettings)
     ui: UiSettings = Field(default_factory=UiSettings)
     performance: PerformanceSettings = Field(default_factory=PerformanceSettings)
+    # swapvisor extensions (each also per model): probe a ready, idle model
+    # this often (seconds; 0: off); quarantine a model that keeps failing to
+    # start; a start that keeps logging may run up to maxStartTime (default
+    # 4 x healthCheckTimeout), the deadline counting from its last log line.
+    liveness_interval: float = 10.0
+    crash_loop: CrashLoop = Field(default_factory=CrashLoop)
+    max_start_time: float | None = None
 
     @field_validator("log_to_stdout")
     @classmethod
@@ -236,6 +255,20 @@ class Config(_Section):
                     f"profiles.{name}: profile must be a mapping with description "
                     "and pins; the legacy list syntax is no longer supported"
                 )
+        return v
+
+    @field_validator("liveness_interval")
+    @classmethod
+    def _liveness(cls, v: float) -> float:
+        if v < 0:
+            raise ValueError(f"must be >= 0 seconds (0 turns it off), got {v}")
+        return v
+
+    @field_validator("max_start_time")
+    @classmethod
+    def _max_start(cls, v: float | None) -> float | None:
+        if v is not None and v <= 0:
+            raise ValueError(f"must be > 0, got {v}")
         return v
 
     @field_validator("global_ttl")
@@ -354,6 +387,31 @@ class Config(_Section):
     def start_deadline_s(self, model_id: str) -> float:
         own = self.models[model_id].health_check_timeout
         return own if own is not None else self.health_deadline_s
+
+    def liveness_s(self, model_id: str) -> float:
+        own = self.models[model_id].liveness_interval
+        return self.liveness_interval if own is None else own
+
+    def crash_loop_of(self, model_id: str) -> CrashLoop:
+        return self.models[model_id].crash_loop or self.crash_loop
+
+    def max_start_s(self, model_id: str) -> float:
+        own = self.models[model_id].max_start_time
+        cap = own if own is not None else self.max_start_time
+        deadline = self.start_deadline_s(model_id)
+        return max(cap, deadline) if cap is not None else 4 * deadline
+
+    def kept_loaded(self) -> frozenset[str]:
+        """Models that should be up whenever possible: preloaded ones and the
+        members of persistent groups."""
+        kept = {
+            mid
+            for name in self.hooks.on_startup.preload
+            if (mid := self.resolve(name.strip())) is not None
+        }
+        _, groups, _ = self.routing_engine()
+        kept.update(m for g in groups.values() if g.persistent for m in g.members)
+        return frozenset(kept)
 
     def concurrency_limit(self, model_id: str) -> int:
         limit = self.models[model_id].concurrency_limit or DEFAULT_CONCURRENCY_LIMIT

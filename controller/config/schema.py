@@ -124,11 +124,21 @@ _DESCRIPTIONS: dict[str, dict[str, str]] = {
         "peers": "Remote OpenAI-compatible servers, addressed as <peer>/<model>.",
         "profiles": "Runtime-switchable model ID rewrites (pins).",
         "selectors": "Virtual model IDs that pick a target per request.",
+        "livenessInterval": "swapvisor: seconds between health probes of a ready, "
+        "idle model; one that died or stopped answering becomes failed (0: off).",
+        "crashLoop": "swapvisor: after failures failed starts in a row, refuse "
+        "the model for backoff seconds (doubling, up to 300) with 503 crash_loop.",
+        "maxStartTime": "swapvisor: hard cap in seconds on a start that keeps "
+        "logging; healthCheckTimeout then counts from the last log line "
+        "(default 4 x healthCheckTimeout).",
     },
     "ModelConfig": {
         "docker": "swapvisor: run the model as a container through the Docker API.",
         "podman": "swapvisor: run the model as a container through the Podman API.",
         "mock": "swapvisor: a simulated model server for CI (no engine, no GPU).",
+        "livenessInterval": "swapvisor: overrides the top-level livenessInterval.",
+        "crashLoop": "swapvisor: overrides the top-level crashLoop.",
+        "maxStartTime": "swapvisor: overrides the top-level maxStartTime.",
         "cmd": "Command line; # comment lines dropped, trailing \\ continues.",
         "cmdStop": "Command run instead of SIGTERM to stop; ${PID} is the process.",
         "proxy": "Base URL requests are forwarded to.",

@@ -120,6 +120,29 @@ class Compat(Section):
     ignore_websockets: bool = False
 
 
+class CrashLoop(Section):
+    """``crashLoop``: after ``failures`` failed starts in a row a model is
+    quarantined for ``backoff`` seconds, doubling with each further failure
+    up to 300 s (swapvisor extension)."""
+
+    failures: int = 3
+    backoff: float = 5.0
+
+    @field_validator("failures")
+    @classmethod
+    def _failures(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("must be >= 0 (0 turns quarantine off)")
+        return v
+
+    @field_validator("backoff")
+    @classmethod
+    def _backoff(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError(f"must be > 0 seconds, got {v}")
+        return v
+
+
 class GroupConfig(Section):
     swap: bool = True
     exclusive: bool = True

@@ -66,7 +66,14 @@ class Reloader:
             return False
         for warning in loaded.warnings:
             log.warning("config: %s", warning)
-        restarting = self._runtime.reload(loaded.config)
+        try:
+            restarting = self._runtime.reload(loaded.config)
+        except Exception as exc:  # a backend that cannot be made, say
+            log.error(
+                "failed to apply the reloaded config: %s (still serving the old one)",
+                exc,
+            )
+            return False
         self.reloads += 1
         if self._on_reload is not None:
             self._on_reload()

@@ -16,8 +16,13 @@ from typing import TYPE_CHECKING
 from controller.engine.eviction import build_policy
 from controller.engine.scheduler import Scheduler, Ticket
 from controller.engine.states import ModelStatus, StateChange, UpstreamState
-from controller.engine.upstream import LogSink, TailBuffer, Upstream
-from controller.errors import ControllerError, ModelUnloaded, UpstreamStartError
+from controller.engine.upstream import LogSink, Supervision, TailBuffer, Upstream
+from controller.errors import (
+    ControllerError,
+    ModelUnloaded,
+    ShuttingDown,
+    UpstreamStartError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Set
@@ -26,6 +31,17 @@ if TYPE_CHECKING:
     from controller.engine.pool import BackendPool
 
 log = logging.getLogger("swapvisor.router")
+
+
+def supervision(config: Config, mid: str) -> Supervision:
+    """A model's liveness, crash-loop and start-cap settings from the config."""
+    crash = config.crash_loop_of(mid)
+    return Supervision(
+        liveness_s=config.liveness_s(mid),
+        crash_failures=crash.failures,
+        crash_backoff_s=crash.backoff,
+        max_start_s=config.max_start_s(mid),
+    )
 
 
 class Admission:
@@ -91,6 +107,7 @@ class Router:
         # (model, seconds from admission to grant): queue and load wait
         self.grant_listeners: list[Callable[[str, float], None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
 
     # -- what handlers use ------------------------------------------------------------
 
@@ -101,6 +118,8 @@ class Router:
         """
         if priority is None:
             priority = self.config.priority(model_id)
+        # A quarantined model answers at once: no swap evicts others for it.
+        self.upstreams[model_id].check_startable()
         ticket = Ticket(model_id, priority)
         granted = self._expect_grant(ticket)
         try:
@@ -165,6 +184,7 @@ class Router:
             ttl_s=config.ttl_s(mid),
             on_change=self._on_state_change,
             logs=self._model_logs(mid),
+            supervision=supervision(config, mid),
         )
 
     def reconfigure(self, config: Config) -> list[str]:
@@ -176,19 +196,29 @@ class Router:
         port, or the GPU memory, the new one needs).
         """
         old = self.config
-        upstreams: dict[str, Upstream] = {}
+        policy = build_policy(config)
+        # Everything that can fail (a backend that cannot be made) happens
+        # before anything changes: a failed reload leaves the old one whole.
+        kept = {
+            mid: current
+            for mid in config.models
+            if (current := self.upstreams.get(mid)) is not None
+            and old.launch_spec(mid) == config.launch_spec(mid)
+        }
+        upstreams = {
+            mid: kept.get(mid) or self._new_upstream(config, mid)
+            for mid in sorted(config.models)
+        }
+        for mid, current in kept.items():
+            current.update(
+                ttl_s=config.ttl_s(mid),
+                unload_grace_s=config.unload_grace_s(mid),
+                start_deadline_s=config.start_deadline_s(mid),
+                supervision=supervision(config, mid),
+            )
+            if old.models[mid] != config.models[mid]:
+                current.clear_quarantine()  # its config changed: try again
         retired: list[str] = []
-        for mid in sorted(config.models):
-            current = self.upstreams.get(mid)
-            if current is not None and old.launch_spec(mid) == config.launch_spec(mid):
-                current.update(
-                    ttl_s=config.ttl_s(mid),
-                    unload_grace_s=config.unload_grace_s(mid),
-                    start_deadline_s=config.start_deadline_s(mid),
-                )
-                upstreams[mid] = current
-            else:
-                upstreams[mid] = self._new_upstream(config, mid)
         for mid, upstream in self.upstreams.items():
             if upstreams.get(mid) is not upstream:
                 retired.append(mid)
@@ -200,9 +230,7 @@ class Router:
                 self._retire(upstream)
         self.config = config
         self.upstreams = upstreams
-        self.scheduler.reconfigure(
-            build_policy(config), config.concurrency_limit, set(config.models)
-        )
+        self.scheduler.reconfigure(policy, config.concurrency_limit, set(config.models))
         return retired
 
     def _retire(self, upstream: Upstream) -> None:
@@ -214,19 +242,25 @@ class Router:
         """Stop these models (all when None), failing requests waiting for them."""
         ids = set(self.upstreams) if model_ids is None else set(model_ids)
         self.scheduler.unload(ids)
+        for mid in ids:
+            self.upstreams[mid].clear_quarantine()
         await asyncio.gather(*(self.upstreams[m].stop() for m in sorted(ids)))
         self.scheduler.drain()
 
     async def aclose(self) -> None:
-        """Fail waiting requests, stop every upstream, close the backend."""
+        """Shutdown: fail waiting requests, let nothing start again, wait for
+        every start and stop in progress, stop what exists, close the
+        backends. One failure never skips the rest."""
+        self._closing = True
         self.scheduler.shutdown()
-        await asyncio.gather(
-            *(u.stop(reason="shutdown") for u in self.upstreams.values())
-        )
-        await asyncio.gather(*self._retiring, return_exceptions=True)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        closing = [u.close() for u in self.upstreams.values()]
+        results = await asyncio.gather(*closing, return_exceptions=True)
+        # Swaps end on their own now: a doomed swap never starts its target.
+        results += await asyncio.gather(*self._tasks, return_exceptions=True)
+        results += await asyncio.gather(*self._retiring, return_exceptions=True)
+        for failed in results:
+            if isinstance(failed, BaseException):
+                log.error("shutdown: %r", failed)
         await self.backends.aclose()
 
     # -- Effects (called synchronously by the scheduler) ----------------------
@@ -237,7 +271,10 @@ class Router:
 
     def status(self) -> dict[str, ModelStatus]:
         """Every current model's state and in-flight count, by id (advisory)."""
-        return {m: ModelStatus(u.state, u.in_flight) for m, u in self.upstreams.items()}
+        return {
+            m: ModelStatus(u.state, u.in_flight, u.active_quarantine())
+            for m, u in self.upstreams.items()
+        }
 
     def queue_depth(self) -> int:
         """Requests waiting for a swap they may not start yet (advisory)."""
@@ -330,6 +367,11 @@ class Router:
             upstream = self.upstreams.get(target)
             if upstream is None:
                 raise ModelUnloaded(f"model {target} was removed from the config")
+            if self.scheduler.doomed(target):
+                # Unloaded (or shutdown began) while the swap stopped others.
+                if self._closing:
+                    raise ShuttingDown("swapvisor is shutting down")
+                raise ModelUnloaded(f"model {target} was unloaded")
             wait = asyncio.create_task(upstream.ensure_ready(), name=f"ready {target}")
             self._starting[target] = (upstream, wait)
             try:
@@ -363,3 +405,24 @@ class Router:
                 listener(change)
         if new in (UpstreamState.STOPPED, UpstreamState.FAILED):
             self.scheduler.drain()
+        if old is UpstreamState.STOPPING and new is UpstreamState.FAILED:
+            self._restart_if_kept(upstream)
+
+    def _restart_if_kept(self, upstream: Upstream) -> None:
+        """A preloaded or persistent model that died while idle starts again
+        at once (a crash loop ends in quarantine, which refuses the lease)."""
+        mid = upstream.id
+        if self._closing or self.upstreams.get(mid) is not upstream:
+            return
+        if mid not in self.config.kept_loaded():
+            return
+        task = asyncio.create_task(self._restart(mid), name=f"restart {mid}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _restart(self, mid: str) -> None:
+        try:
+            async with self.lease(mid):
+                log.info("%s restarted after it died", mid)
+        except ControllerError as exc:
+            log.warning("%s: restart failed: %s", mid, exc.message)

@@ -214,6 +214,12 @@ class Scheduler:
     def in_flight(self, model: str) -> int:
         return self._serving[model]
 
+    def doomed(self, target: str) -> bool:
+        """Whether the swap to ``target`` must not start it: it was unloaded,
+        or shutdown began, while the swap was stopping other models."""
+        swap = self._swaps.get(target)
+        return self._closed or swap is None or swap.doomed
+
     def swapping(self) -> dict[str, frozenset[str]]:
         return {t: s.evict for t, s in self._swaps.items()}
 

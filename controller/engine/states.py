@@ -25,6 +25,7 @@ ALLOWED: frozenset[tuple[UpstreamState, UpstreamState]] = frozenset(
         (S.STARTING, S.STOPPING),  # unloaded or evicted while starting
         (S.READY, S.STOPPING),  # unload, eviction, TTL, or the process exited
         (S.STOPPING, S.STOPPED),
+        (S.STOPPING, S.FAILED),  # it died or stopped answering while idle
     }
 )
 
@@ -47,11 +48,23 @@ class StateChange:
 
 
 @dataclass(frozen=True, slots=True)
+class Quarantine:
+    """A crash-looping model's quarantine: no start before ``until``."""
+
+    reason: str  # the last start's failure
+    failures: int  # failed starts in a row
+    until: float  # wall-clock time (time.time()) when it ends
+    backoff_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class ModelStatus:
     """One model as the router sees it now (advisory: for reports only)."""
 
     state: UpstreamState
     in_flight: int
+    # Set while the model is quarantined after repeated failed starts.
+    quarantine: Quarantine | None = None
 
     @property
     def running(self) -> bool:

@@ -15,6 +15,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from backends.base import (
@@ -27,10 +28,12 @@ from backends.base import (
     Health,
     LaunchSpec,
 )
-from controller.engine.states import ALLOWED, RUNNING, UpstreamState
+from controller.engine.states import ALLOWED, RUNNING, Quarantine, UpstreamState
 from controller.errors import (
     ControllerError,
+    CrashLoop,
     ModelUnloaded,
+    ShuttingDown,
     UpstreamStartError,
     UpstreamStartTimeout,
 )
@@ -51,6 +54,25 @@ MEDIUM_PHASE_S = 10.0
 ABORT_GRACE_S = 5.0
 LOG_TAIL_LINES = 8
 EXIT_POLL_S = 0.02
+# A ready model that fails this many liveness probes in a row is dead.
+LIVENESS_MISSES = 2
+MAX_BACKOFF_S = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Supervision:
+    """How an Upstream watches over its server beyond one start."""
+
+    # Probe a ready, idle server this often (seconds; 0: never).
+    liveness_s: float = 0.0
+    # Quarantine after this many failed starts in a row (0: never), for
+    # ``crash_backoff_s``, doubling with each further failure up to 300 s.
+    crash_failures: int = 0
+    crash_backoff_s: float = 5.0
+    # The start deadline counts from the last log line, up to this hard cap
+    # (None: the deadline counts from launch, whatever the server prints).
+    max_start_s: float | None = None
+
 
 StateListener = Callable[["Upstream", UpstreamState, UpstreamState], None]
 
@@ -105,6 +127,7 @@ class Upstream:
         ttl_s: float,
         on_change: StateListener | None = None,
         logs: LogSink | None = None,
+        supervision: Supervision | None = None,
     ) -> None:
         self.id = model_id
         self.spec = spec
@@ -119,6 +142,14 @@ class Upstream:
         self.stop_reason = ""  # why the current or last stop happened
         self.started_at: float | None = None
         self.last_start_s: float | None = None
+        self.supervision = supervision or Supervision()
+        self.quarantine: Quarantine | None = None
+        self._failed_starts = 0  # in a row; a ready start resets it
+        self._closed = False  # shutdown began: nothing starts again
+        self._progress_at = 0.0  # monotonic time of the last log line
+        # Set when an idle server died: why, for the FAILED state after the stop.
+        self._died_while_idle: str | None = None
+        self._liveness_task: asyncio.Task[None] | None = None
         self._backend = backend
         self._on_change = on_change
         self._handle: Handle | None = None
@@ -148,6 +179,7 @@ class Upstream:
                 await asyncio.shield(self._stop_task)
                 continue
             if self.state is not S.STARTING:
+                self.check_startable()
                 self._begin_start()
             assert self._ready is not None
             await asyncio.shield(self._ready)
@@ -163,6 +195,37 @@ class Upstream:
         if self.state is S.STOPPING:
             assert self._stop_task is not None
             await asyncio.shield(self._stop_task)
+
+    def check_startable(self) -> None:
+        """Raise if no start may be attempted now: shutdown began, or the
+        model is quarantined after repeated failed starts."""
+        if self._closed:
+            raise ShuttingDown("swapvisor is shutting down")
+        q = self.quarantine
+        if q is None:
+            return
+        left = q.until - time.time()
+        if left > 0:
+            raise CrashLoop(
+                f"model {self.id} is quarantined after {q.failures} failed starts "
+                f"in a row (retry in {left:.0f} s); last failure: {q.reason}",
+                left,
+            )
+
+    def active_quarantine(self) -> Quarantine | None:
+        """The quarantine in force now, if any."""
+        q = self.quarantine
+        return q if q is not None and q.until > time.time() else None
+
+    def clear_quarantine(self) -> None:
+        """Unloaded, or its config changed: the next request may start it."""
+        self.quarantine = None
+        self._failed_starts = 0
+
+    async def close(self) -> None:
+        """Shutdown: no start from now on; abort one in progress; stop."""
+        self._closed = True
+        await self.stop(reason="shutdown")
 
     @property
     def running(self) -> bool:
@@ -185,12 +248,19 @@ class Upstream:
             self._arm_ttl()
 
     def update(
-        self, *, ttl_s: float, unload_grace_s: float, start_deadline_s: float
+        self,
+        *,
+        ttl_s: float,
+        unload_grace_s: float,
+        start_deadline_s: float,
+        supervision: Supervision | None = None,
     ) -> None:
         """Take settings from a reloaded config that do not need a restart."""
         self.ttl_s = ttl_s
         self.unload_grace_s = unload_grace_s
         self.start_deadline_s = start_deadline_s
+        if supervision is not None:
+            self.supervision = supervision
         if self._ttl_task is not None or self.in_flight == 0:
             self._arm_ttl()
 
@@ -241,6 +311,7 @@ class Upstream:
 
     async def _run_start(self, ready: asyncio.Future[None]) -> None:
         began = time.monotonic()
+        failure: ControllerError
         try:
             await self._launch_and_wait()
         except asyncio.CancelledError:
@@ -249,30 +320,58 @@ class Upstream:
             )
             raise
         except ControllerError as exc:
-            self._fail(ready, exc)
-            return
+            failure = exc
         except Exception as exc:  # a task's top level: never leave waiters hanging
             log.exception("%s: start failed unexpectedly", self.id)
-            await self._reap_after_crash()
-            self._fail(
-                ready,
-                UpstreamStartError(
-                    f"model {self.id} failed to start: {type(exc).__name__}: {exc}"
-                ),
+            failure = UpstreamStartError(
+                f"model {self.id} failed to start: {type(exc).__name__}: {exc}"
             )
+        else:
+            self._ready_now(began, ready)
             return
+        # Whatever was launched is gone before the model counts as failed (a
+        # failed upstream holds no memory); a stop that takes over meanwhile
+        # reaps the rest.
+        try:
+            await self._reap_after_crash()
+        finally:
+            self._fail(ready, failure)
+
+    def _ready_now(self, began: float, ready: asyncio.Future[None]) -> None:
         self.last_start_s = time.monotonic() - began
         self.started_at = time.time()
+        self._failed_starts = 0
+        self.quarantine = None
         self._set_state(S.READY)
         _settle(ready, None)
         log.info("%s ready in %.3f s", self.id, self.last_start_s)
         self._arm_ttl()
+        self._arm_liveness()
 
     def _fail(self, ready: asyncio.Future[None], error: ControllerError) -> None:
         self.failure = error
-        self._set_state(S.FAILED)
+        self._count_failed_start(error)
+        if self.state is S.STARTING:  # else a stop took over and ends it
+            self._set_state(S.FAILED)
         _settle(ready, error)
         log.warning("%s", error.message)
+
+    def _count_failed_start(self, error: ControllerError) -> None:
+        sup = self.supervision
+        self._failed_starts += 1
+        if not sup.crash_failures or self._failed_starts < sup.crash_failures:
+            return
+        extra = self._failed_starts - sup.crash_failures
+        backoff = min(sup.crash_backoff_s * 2**extra, MAX_BACKOFF_S)
+        self.quarantine = Quarantine(
+            error.message, self._failed_starts, time.time() + backoff, backoff
+        )
+        log.warning(
+            "%s: %d failed starts in a row; quarantined for %g s",
+            self.id,
+            self._failed_starts,
+            backoff,
+        )
 
     async def _reap_after_crash(self) -> None:
         if self._handle is not None:
@@ -290,25 +389,48 @@ class Upstream:
                 self._watch_exit(handle, self._backend), name=f"watch {self.id}"
             )
         try:
-            async with asyncio.timeout(self.start_deadline_s):
-                healthy = await self._wait_healthy(handle)
-        except TimeoutError:
+            healthy = await self._until_healthy(handle)
+        except _Expired as expired:
             await self._reap(handle, ABORT_GRACE_S)
             raise UpstreamStartTimeout(
                 f"model {self.id} did not become healthy within "
-                f"{self.start_deadline_s:g} s (health check "
+                f"{expired.limit_s:g} s ({expired.which}; health check "
                 f"{self.spec.check_endpoint} on {self.spec.base_url})"
                 f"{self._tail_text()}"
             ) from None
-        except asyncio.CancelledError:
-            # Aborted by stop(): the stop task reaps the process.
-            raise
         if not healthy:
             info = await self._reap(handle, 0)
             raise UpstreamStartError(
                 f"model {self.id} exited while starting ({info.describe()})"
                 f"{self._tail_text()}"
             )
+
+    async def _until_healthy(self, handle: Handle) -> bool:
+        """``_wait_healthy`` under the start deadline: ``start_deadline_s``
+        from launch or, with ``max_start_s``, from the last log line (a server
+        that is visibly loading is not stuck), never past ``max_start_s``."""
+        began = self._progress_at = time.monotonic()
+        cap = self.supervision.max_start_s
+        waiting = asyncio.create_task(self._wait_healthy(handle))
+        try:
+            while True:
+                soft = (self._progress_at if cap else began) + self.start_deadline_s
+                hard = began + cap if cap else soft
+                left = min(soft, hard) - time.monotonic()
+                if left <= 0:
+                    if cap and soft > hard:
+                        raise _Expired(cap, "maxStartTime reached while still loading")
+                    which = "healthCheckTimeout"
+                    if cap:
+                        which += " with no new log line"
+                    raise _Expired(self.start_deadline_s, which)
+                done, _ = await asyncio.wait([waiting], timeout=left)
+                if done:
+                    return waiting.result()
+        finally:
+            if not waiting.done():
+                waiting.cancel()
+                await asyncio.wait([waiting])
 
     async def _wait_healthy(self, handle: Handle) -> bool:
         """True once ready, False if the server exited first."""
@@ -330,6 +452,10 @@ class Upstream:
 
     def _begin_stop(self, grace: float) -> None:
         start_task = self._start_task if self.state is S.STARTING else None
+        if start_task is not None:
+            # At once, not when the stop task first runs: a start that is
+            # about to resume must not mark the model ready or failed.
+            start_task.cancel()
         self._cancel_ttl()
         self._set_state(S.STOPPING)
         self._stop_task = asyncio.create_task(
@@ -339,27 +465,45 @@ class Upstream:
     async def _run_stop(
         self, grace: float, start_task: asyncio.Task[None] | None
     ) -> None:
-        if start_task is not None:
-            start_task.cancel()
-            await asyncio.wait([start_task])
-        if self._handle is not None:
-            info = await self._reap(self._handle, grace)
-            log.info("%s stopped (%s)", self.id, info.describe())
-        self._set_state(S.STOPPED)
+        # However the backend fails, the stop ends: STOPPED, or FAILED when
+        # the server died on its own while idle (the reason is kept).
+        try:
+            if start_task is not None:
+                start_task.cancel()
+                await asyncio.wait([start_task])
+            if self._handle is not None:
+                info = await self._reap(self._handle, grace)
+                log.info("%s stopped (%s)", self.id, info.describe())
+        finally:
+            why, self._died_while_idle = self._died_while_idle, None
+            if why is not None:
+                how = self.last_exit.describe() if self.last_exit else "exit unknown"
+                self.failure = UpstreamStartError(
+                    f"model {self.id} {why} while idle ({how}){self._tail_text()}"
+                )
+                log.warning("%s", self.failure.message)
+                self._set_state(S.FAILED)
+            else:
+                self._set_state(S.STOPPED)
 
     async def _reap(self, handle: Handle, grace: float) -> ExitInfo:
-        """Stop the workload, collect its remaining output, forget the handle."""
+        """Stop the workload, collect its remaining output, forget the handle.
+
+        Never raises for a backend's sake: an engine that fails here is
+        logged, and the handle is forgotten all the same."""
         try:
             info = await self._backend.stop(handle, self.spec, grace=grace)
-        except BackendError as exc:
+        except Exception as exc:  # an engine error must not wedge the stop
             log.error("%s: stopping failed: %s", self.id, exc)
             info = ExitInfo(code=None, forced=False)
+        self._cancel_liveness()
         if self._watch_task is not None:
             self._watch_task.cancel()
             self._watch_task = None
         if self._log_task is not None:
             # Grandchildren may hold the pipe open; don't wait on them forever.
-            with contextlib.suppress(TimeoutError):
+            # The pump's own failure is its business, never the stop's.
+            with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._log_task), 1.0)
             self._log_task.cancel()
         self.last_exit = info
@@ -370,15 +514,25 @@ class Upstream:
     # -- output and unexpected exits --------------------------------------------------
 
     async def _pump_logs(self, handle: Handle) -> None:
+        # A line about our own health probe is no sign of progress (servers
+        # log every request, and the probe is one every few milliseconds).
+        probe = (self.spec.check_endpoint or "\0").encode()
         try:
             async for line in self._backend.logs(handle):
                 self.logs.write(line)
+                if probe not in line:
+                    self._progress_at = time.monotonic()
         except BackendError as exc:
             log.warning("%s: log stream ended: %s", self.id, exc)
         # Output closed: the server most likely exited. If it was serving, notice
         # now rather than on the next failed request.
         if self.state is S.READY and self._handle is handle:
-            if await self._backend.health(handle, self.spec) is Health.EXITED:
+            try:
+                health = await self._backend.health(handle, self.spec)
+            except BackendError as exc:
+                log.warning("%s: cannot tell whether it exited: %s", self.id, exc)
+                return
+            if health is Health.EXITED:
                 self._log_task = None  # this task is finishing; don't await itself
                 self._exited_while_serving(handle)
 
@@ -390,12 +544,67 @@ class Upstream:
             self._watch_task = None  # finishing; a stop must not await itself
         self._exited_while_serving(handle)
 
-    def _exited_while_serving(self, handle: Handle) -> None:
-        """The server died on its own: reap it (no automatic restart)."""
-        if self.state is S.READY and self._handle is handle:
-            log.warning("%s upstream process exited unexpectedly", self.id)
-            self.stop_reason = "crash"
-            self._begin_stop(0)
+    def _exited_while_serving(self, handle: Handle, why: str = "") -> None:
+        """The server died on its own: reap it (no automatic restart here).
+
+        Mid-request it ends STOPPED (the request already failed with the
+        reason); while idle it ends FAILED, with its exit and last log lines,
+        so listings, eviction and the next request see the truth."""
+        if self.state is not S.READY or self._handle is not handle:
+            return
+        log.warning("%s upstream process exited unexpectedly", self.id)
+        self.stop_reason = "crash"
+        if self.in_flight == 0:
+            self._died_while_idle = why or "exited"
+        self._begin_stop(0)
+
+    def _serves(self, handle: Handle) -> bool:
+        return self.state is S.READY and self._handle is handle
+
+    # -- liveness --------------------------------------------------------------------
+
+    def _arm_liveness(self) -> None:
+        self._cancel_liveness()
+        if self.supervision.liveness_s > 0 and self._handle is not None:
+            self._liveness_task = asyncio.create_task(
+                self._liveness(self._handle), name=f"liveness {self.id}"
+            )
+
+    def _cancel_liveness(self) -> None:
+        task, self._liveness_task = self._liveness_task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    async def _liveness(self, handle: Handle) -> None:
+        """Probe the ready server while it is idle; a probe is no activity
+        (the TTL is not touched). A server that exited, or missed
+        ``LIVENESS_MISSES`` probes in a row, is reaped and marked failed."""
+        misses = 0
+        while True:
+            await asyncio.sleep(self.supervision.liveness_s)
+            if not self._serves(handle):
+                return
+            if self.in_flight:
+                misses = 0  # a busy server is watched by its requests
+                continue
+            try:
+                health = await self._backend.health(handle, self.spec)
+            except BackendError as exc:  # the engine, not the server, is down
+                log.warning("%s: liveness probe failed: %s", self.id, exc)
+                continue
+            if health is Health.READY:
+                misses = 0
+                continue
+            misses += 1
+            if health is Health.EXITED or misses >= LIVENESS_MISSES:
+                why = (
+                    "exited"
+                    if health is Health.EXITED
+                    else f"stopped answering {self.spec.check_endpoint}"
+                )
+                self._liveness_task = None  # finishing; a stop must not await it
+                self._exited_while_serving(handle, why)
+                return
 
     def _tail_text(self) -> str:
         tail = self.logs.tail(LOG_TAIL_LINES)
@@ -436,6 +645,13 @@ class Upstream:
         self._changed = asyncio.Event()
         if self._on_change is not None:
             self._on_change(self, old, new)
+
+
+class _Expired(Exception):
+    def __init__(self, limit_s: float, which: str) -> None:
+        super().__init__(which)
+        self.limit_s = limit_s
+        self.which = which
 
 
 def _poll_cap(elapsed_s: float) -> float:

@@ -7,16 +7,20 @@ models and active-profile pins, each with ``meta.llamaswap`` saying what it is.
 
 from __future__ import annotations
 
+import math
+import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from controller.errors import SRC
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from controller.config.model import Config, ModelConfig
     from controller.config.sections import Capabilities
     from controller.engine.runtime import Runtime
+    from controller.engine.states import Quarantine
 
 # metadata keys the capability renderer owns when capabilities are set
 _RENDERED = ("architecture", "capabilities", "supported_parameters", "context_length")
@@ -27,13 +31,18 @@ def model_records(
     loaded: Callable[[str], bool],
     now: int,
     active_pins: dict[str, str | None] | None = None,
+    quarantined: Mapping[str, Quarantine] | None = None,
 ) -> list[dict[str, Any]]:
     """Every listed record, sorted by id."""
     records: list[dict[str, Any]] = []
     for mid, model in config.models.items():
         if model.unlisted:
             continue
-        records.append(local_record(mid, model, loaded(mid), now))
+        record = local_record(mid, model, loaded(mid), now)
+        q = (quarantined or {}).get(mid)
+        if q is not None:
+            record["meta"]["llamaswap"]["quarantine"] = quarantine_json(q)
+        records.append(record)
         if config.include_aliases_in_list:
             records.extend(
                 _alias_record(alias, mid, model, loaded(mid), now)
@@ -157,6 +166,17 @@ def render_capabilities(caps: Capabilities) -> dict[str, Any]:
     return out
 
 
+def quarantine_json(q: Quarantine) -> dict[str, Any]:
+    """A crash-loop quarantine as the API shows it."""
+    until = datetime.fromtimestamp(q.until, UTC).isoformat(timespec="seconds")
+    return {
+        "reason": q.reason,
+        "failures": q.failures,
+        "until": until.replace("+00:00", "Z"),
+        "retry_after": max(1, math.ceil(q.until - time.time())),
+    }
+
+
 def model_status(rt: Runtime) -> list[dict[str, Any]]:
     """Every local model with its state, then every peer model (llama-swap §5.3)."""
     out: list[dict[str, Any]] = []
@@ -170,6 +190,9 @@ def model_status(rt: Runtime) -> list[dict[str, Any]]:
             "unlisted": model.unlisted,
             "peerID": "",
         }
+        quarantine = states[mid].quarantine
+        if quarantine is not None:
+            entry["quarantine"] = quarantine_json(quarantine)
         if model.aliases:
             entry["aliases"] = list(model.aliases)
         if model.capabilities.configured:

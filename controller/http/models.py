@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 from aiohttp import hdrs, web
 
 from controller import __version__
 from controller.errors import BadRequest, NotFound
 from controller.http.keys import EVENTS, NAMES, RUNTIME
-from controller.http.model_list import model_records, model_status
+from controller.http.model_list import model_records, model_status, quarantine_json
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -23,6 +24,7 @@ async def list_models(request: web.Request) -> web.Response:
         lambda m: status[m].running,
         int(time.time()),
         request.app[NAMES].profiles.pins(),
+        {m: s.quarantine for m, s in status.items() if s.quarantine is not None},
     )
     response = web.json_response({"object": "list", "data": records})
     origin = request.headers.get(hdrs.ORIGIN)
@@ -35,21 +37,24 @@ async def running(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     out = []
     for mid, upstream in sorted(rt.router.status().items()):
-        if not upstream.running:
+        # Quarantined models are listed too: they hold nothing, but an
+        # operator looking at what runs needs to see what cannot.
+        if not upstream.running and upstream.quarantine is None:
             continue
         model = rt.config.models[mid]
-        out.append(
-            {
-                "model": mid,
-                "state": upstream.state.value,
-                "cmd": model.cmd,
-                "proxy": model.proxy,
-                "ttl": int(rt.config.ttl_s(mid)),
-                "name": model.name,
-                "description": model.description,
-                "in_flight": upstream.in_flight,
-            }
-        )
+        entry: dict[str, Any] = {
+            "model": mid,
+            "state": upstream.state.value,
+            "cmd": model.cmd,
+            "proxy": model.proxy,
+            "ttl": int(rt.config.ttl_s(mid)),
+            "name": model.name,
+            "description": model.description,
+            "in_flight": upstream.in_flight,
+        }
+        if upstream.quarantine is not None:
+            entry["quarantine"] = quarantine_json(upstream.quarantine)
+        out.append(entry)
     return web.json_response({"running": out})
 
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -171,9 +172,12 @@ def _refresh_gauges(request: web.Request) -> Metrics:
     router = request.app[RUNTIME].router
     metrics.queue_depth(router.queue_depth())
     status = router.status()
+    wall = time.time()
     for mid, now in status.items():
         metrics.state_changed(mid, now.state)
         metrics.in_flight(mid, now.in_flight)
+        q = now.quarantine
+        metrics.quarantined(mid, q.until - wall if q is not None else 0.0)
     for gone in metrics.models() - status.keys():
         metrics.forget_model(gone)
     return metrics

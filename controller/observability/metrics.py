@@ -22,7 +22,8 @@ Series (all prefixed ``swapvisor_``):
 * ``queue_depth``, ``queue_wait_seconds{model}``;
 * ``evictions_total{model,reason}`` (reason: swap, ttl, unload, reload,
   shutdown), ``model_state{model,state}`` (1 for the current state, 0 for the
-  other four of stopped, starting, ready, stopping, failed);
+  other four of stopped, starting, ready, stopping, failed),
+  ``model_quarantined_seconds{model}`` (time left in a crash-loop quarantine);
 * host: ``cpu_util_percent``, ``cpu_core_util_percent{core}``,
   ``memory_{total,used,available}_bytes``, ``swap_{total,used}_bytes``,
   ``load_average{interval="1m"|"5m"|"15m"}``,
@@ -205,6 +206,12 @@ class Metrics:
             ["model", "state"],
             registry=r,
         )
+        self._quarantined = Gauge(
+            "swapvisor_model_quarantined_seconds",
+            "Seconds left in a crash-looping model's quarantine (0: none)",
+            ["model"],
+            registry=r,
+        )
         self._gauged: set[str] = set()  # models with state/in-flight gauges
 
     # --- events ---------------------------------------------------------
@@ -272,6 +279,10 @@ class Metrics:
         self._gauged.add(model)
         self._in_flight.labels(model).set(n)
 
+    def quarantined(self, model: str, seconds_left: float) -> None:
+        self._gauged.add(model)
+        self._quarantined.labels(model).set(max(0.0, seconds_left))
+
     def models(self) -> set[str]:
         """The models that have state or in-flight gauges now."""
         return set(self._gauged)
@@ -283,6 +294,7 @@ class Metrics:
             (self._state, (model, s)) for s in MODEL_STATES
         ]
         series.append((self._in_flight, (model,)))
+        series.append((self._quarantined, (model,)))
         self._gauged.discard(model)
         for gauge, labels in series:
             with contextlib.suppress(KeyError):  # older clients raise if absent

@@ -172,12 +172,13 @@ async def test_start_delay_is_the_load_time(apps: Apps) -> None:
 
 
 async def test_a_crash_is_noticed_without_a_request(apps: Apps) -> None:
-    """The exit watch reaps a server that dies while idle: the next request
-    restarts it straight away rather than meeting a dead port."""
+    """The exit watch reaps a server that dies while idle: it is failed (it
+    died on its own), and the next request restarts it straight away rather
+    than meeting a dead port."""
     app = await apps.start("models:\n  m:\n    mock: {crashAfterRequests: 1}\n")
     async with sdk(app) as c:
         await say(c, "m")
         async with asyncio.timeout(5):
-            while app.state("m") != "stopped":
+            while app.state("m") != "failed":
                 await asyncio.sleep(0.01)
         assert await say(c, "m") == "Hello from the swapvisor mock."

@@ -129,6 +129,7 @@ class Config:
         fail_health: bool,
         hang_health: bool,
         crash_after: int | None,
+        hang_health_after: float | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -137,7 +138,9 @@ class Config:
         self.fail_health = fail_health
         self.hang_health = hang_health
         self.crash_after = crash_after
+        self.hang_health_after = hang_health_after
         self.ready_at = 0.0
+        self.started_at = time.monotonic()
         self.post_count = 0
         self.lock = threading.Lock()
 
@@ -518,7 +521,10 @@ class FakeHandler(BaseHTTPRequestHandler):
 
     def handle_health(self) -> None:
         cfg = self.cfg
-        if cfg.hang_health:
+        late = cfg.hang_health_after
+        if cfg.hang_health or (
+            late is not None and time.monotonic() - cfg.started_at > late
+        ):
             threading.Event().wait()
         if cfg.fail_health:
             self.send_json(503, {"error": {"message": "Unavailable (fail-health)"}})
@@ -944,6 +950,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="N",
         help="the N-th POST request kills the process (code 7) before answering",
     )
+    p.add_argument(
+        "--hang-health-after",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="/health stops answering this long after start (a wedged server)",
+    )
+    p.add_argument(
+        "--log-every",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="while /health still says 'Loading model', print a progress line "
+        "this often (a big model visibly loading)",
+    )
     p.add_argument("--ignore-sigterm", action="store_true")
     p.add_argument(
         "--spawn-child",
@@ -951,6 +972,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="spawn a sleeping grandchild process and print 'child pid N'",
     )
     return p.parse_args(argv)
+
+
+def _log_progress(cfg: Config, every_s: float) -> None:
+    n = 0
+    while time.monotonic() < cfg.ready_at:
+        n += 1
+        log(f"loading tensors: {n} chunks")
+        time.sleep(every_s)
 
 
 def install_signal_handlers(ignore_sigterm: bool) -> None:
@@ -1006,6 +1035,7 @@ def main(argv: list[str] | None = None) -> int:
         fail_health=bool(args.fail_health),
         hang_health=bool(args.hang_health),
         crash_after=args.crash_after,
+        hang_health_after=args.hang_health_after,
     )
     try:
         server = FakeServer(cfg)
@@ -1013,6 +1043,10 @@ def main(argv: list[str] | None = None) -> int:
         log(f"fatal: cannot listen on {cfg.host}:{cfg.port}: {exc}", err=True)
         exit_now(1)
     cfg.ready_at = time.monotonic() + cfg.health_delay
+    if args.log_every:
+        threading.Thread(
+            target=_log_progress, args=(cfg, float(args.log_every)), daemon=True
+        ).start()
     host, port = server.server_address[:2]
     host_str = host.decode() if isinstance(host, bytes) else str(host)
     url = f"http://{host_str}:{port}"

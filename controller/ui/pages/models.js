@@ -129,6 +129,7 @@ function updateCard(card, model) {
   card.idLine.hidden = !model.name && !model.aliases?.length;
   card.desc.textContent = model.description || '';
   card.desc.hidden = !model.description;
+
   const caps = Object.entries(model.capabilities || {}).filter(([, v]) => v).map(([k]) => k.replace(/_/g, ' '));
   fill(card.tags,
     model.unlisted ? h('span', { class: 'tag' }, 'unlisted') : null,
@@ -137,7 +138,12 @@ function updateCard(card, model) {
   card.tags.hidden = !card.tags.childElementCount;
   card.open.setAttribute('aria-label', `Open ${label}'s own web UI in a new tab`);
   card.logsLink.setAttribute('aria-label', `Logs of ${label}`);
-  const err = errors.get(model.id);
+  const q = model.quarantine;
+  card.el.dataset.quarantined = q ? 'true' : 'false';
+  const quarantined = q
+    ? `Quarantined after ${q.failures} failed starts, until ${new Date(q.until).toLocaleTimeString()}: ${q.reason}`
+    : '';
+  const err = errors.get(model.id) || quarantined;
   card.error.hidden = !err;
   card.error.textContent = err || '';
   updateAction(card);
