@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import urllib.error
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -161,3 +162,27 @@ def test_open_ui_link_points_at_the_upstream(
     link = page.locator('.model-card[data-model="b"] a', has_text="Open UI")
     expect(link).to_have_attribute("href", "/upstream/b/")
     expect(link).to_have_attribute("target", "_blank")
+
+
+def test_a_quarantined_model_shows_why_and_until_when(
+    start_ui: Callable[..., UI], fake: Callable[..., str]
+) -> None:
+    from playwright.sync_api import expect
+
+    ui = start_ui(
+        {
+            "crashLoop": {"failures": 2, "backoff": 60},
+            "models": {"a": {"cmd": fake("a", "--exit-on-start 3")}},
+        }
+    )
+    page = ui.page("models")
+    for _ in range(2):  # two failed starts in a row
+        with pytest.raises(urllib.error.HTTPError, match="503"):
+            chat(ui, "a")
+    card = page.locator('.model-card[data-model="a"]')
+    expect(card).to_have_attribute("data-quarantined", "true")
+    expect(card.locator(".card-error")).to_contain_text(
+        "Quarantined after 2 failed starts"
+    )
+    expect(card.locator(".card-error")).to_contain_text("exit code 3")
+    shoot(page, "models-quarantined")
