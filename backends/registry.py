@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, cast
 from backends.base import BackendError, BackendNotInstalled
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from backends.base import Backend
 
 
@@ -40,13 +42,24 @@ def load_backend(kind: str, **kwargs: object) -> Backend:
     the native backend takes nothing; the mock backend an optional
     ``instance``.
     """
+    module = _import(kind)
+    factory = getattr(module, BACKENDS[kind].cls)
+    return cast("Backend", factory(**kwargs))
+
+
+def ensure_installed(kind: str) -> None:
+    """Raise (BackendNotInstalled naming the extra) unless ``kind`` can be made."""
+    _import(kind)
+
+
+def _import(kind: str) -> ModuleType:
     entry = BACKENDS.get(kind)
     if entry is None:
         raise BackendError(
             f"unknown backend {kind!r}; choose one of {', '.join(sorted(BACKENDS))}"
         )
     try:
-        module = importlib.import_module(entry.module)
+        return importlib.import_module(entry.module)
     except ModuleNotFoundError as exc:
         # Only a missing third-party package means "install the extra"; a
         # broken swapvisor module must surface as itself.
@@ -59,5 +72,3 @@ def load_backend(kind: str, **kwargs: object) -> Backend:
             f"the {kind} backend needs the Python package {exc.name!r}: "
             f"{hint}{'' if entry.extra else ' ' + exc.name}"
         ) from exc
-    factory = getattr(module, entry.cls)
-    return cast("Backend", factory(**kwargs))

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from controller.config.loader import load_config
 from controller.config.schema import config_schema
 from controller.engine.eviction import matrix_policy
+from controller.engine.pool import check_backends
 from controller.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ def check_main(argv: Sequence[str]) -> int:
         parser.error("a config file (or --config-dir) is required")
     try:
         loaded = load_config(args.config, args.config_dir)
+        check_backends(loaded.config)
     except ConfigError as exc:
         message = " ".join(exc.message.split())
         source = args.config or args.config_dir

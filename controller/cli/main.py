@@ -25,7 +25,7 @@ from backends.native import NativeBackend
 from controller import __version__
 from controller.cli.check import check_main, schema_main
 from controller.config.loader import load_config
-from controller.engine.pool import default_instance
+from controller.engine.pool import check_backends, default_instance
 from controller.engine.reload import Reloader
 from controller.errors import ConfigError
 from controller.http.app import create_app
@@ -123,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     listen = args.listen or f"{DEFAULT_HOST}:{8443 if tls else 8080}"
     try:
         loaded = load_config(args.config, args.config_dir)
+        check_backends(loaded.config)
         host, port = parse_listen(listen)
     except (ConfigError, ValueError) as exc:
         return _fail(f"{args.config or args.config_dir}: {exc}")

@@ -15,7 +15,8 @@ import socket
 from typing import TYPE_CHECKING
 
 from backends.base import BackendError, SupportsOrphanCleanup
-from backends.registry import load_backend
+from backends.registry import ensure_installed, load_backend
+from controller.errors import ConfigError
 
 if TYPE_CHECKING:
     from backends.base import Backend
@@ -30,6 +31,17 @@ def default_instance(port: int | None = None) -> str:
     named = os.environ.get("SWAPVISOR_INSTANCE")
     raw = named or f"{socket.gethostname()}-{port or 'app'}"
     return re.sub(r"[^a-zA-Z0-9_.-]", "-", raw)[:63] or "swapvisor"
+
+
+def check_backends(config: Config) -> None:
+    """Raise ConfigError, one line naming the model and the missing extra, if
+    a model's backend cannot be made here (``swapvisor check`` and start-up
+    say so before anything runs)."""
+    for mid, model in sorted(config.models.items()):
+        try:
+            ensure_installed(model.backend_kind)
+        except BackendError as exc:
+            raise ConfigError(f"model {mid}: {exc}") from exc
 
 
 class BackendPool:

@@ -28,7 +28,7 @@ from controller.http.middleware import (
     cors_middleware,
     error_middleware,
 )
-from controller.http.passthrough import upstream_passthrough
+from controller.http.passthrough import comfyui, upstream_passthrough
 from controller.http.proxy import Proxy
 from controller.observability.logs import Logs
 
@@ -64,6 +64,8 @@ ROUTES: tuple[Route, ...] = (
     *(Route(hdrs.METH_GET, path, inference) for path in GET_ENDPOINTS),
     Route(hdrs.METH_ANY, "/upstream/{tail:.*}", upstream_passthrough),
     Route(hdrs.METH_GET, "/upstream", _upstream_index, open=True),
+    Route(hdrs.METH_ANY, "/comfyui", comfyui),
+    Route(hdrs.METH_ANY, "/comfyui/{tail:.*}", comfyui),
     # Models and their management (§2.5).
     Route(hdrs.METH_GET, "/v1/models", models.list_models),
     Route(hdrs.METH_GET, "/models", models.list_models),

@@ -46,7 +46,7 @@ def model_records(
         if config.include_aliases_in_list:
             records.extend(
                 _alias_record(alias, mid, model, loaded(mid), now)
-                for alias in model.aliases
+                for alias in aliases_of(mid, model)
             )
     for sid, sel in config.selectors.items():
         if not sel.unlisted:
@@ -64,6 +64,13 @@ def model_records(
         if pin and pin not in taken and config.resolve(pin) is None
     )
     return sorted(records, key=lambda r: str(r["id"]))
+
+
+def aliases_of(mid: str, model: ModelConfig) -> list[str]:
+    """The model's aliases, then every ``setParamsByID`` key other than its
+    own id: llama-swap registers those as aliases too."""
+    names = [*model.aliases, *model.filters.set_params_by_id]
+    return [a for a in dict.fromkeys(names) if a != mid]
 
 
 def _base(record_id: str, now: int) -> dict[str, Any]:
@@ -89,8 +96,8 @@ def local_record(
             meta.pop(key, None)
         record.update(render_capabilities(caps))
     meta["type"] = "model"
-    if model.aliases:
-        meta["aliases"] = list(model.aliases)
+    if aliases := aliases_of(mid, model):
+        meta["aliases"] = aliases
     record["meta"] = {"llamaswap": meta}
     if caps.context > 0:
         record["meta"]["n_ctx"] = caps.context
@@ -193,8 +200,8 @@ def model_status(rt: Runtime) -> list[dict[str, Any]]:
         quarantine = states[mid].quarantine
         if quarantine is not None:
             entry["quarantine"] = quarantine_json(quarantine)
-        if model.aliases:
-            entry["aliases"] = list(model.aliases)
+        if aliases := aliases_of(mid, model):
+            entry["aliases"] = aliases
         if model.capabilities.configured:
             entry["capabilities"] = render_capabilities(model.capabilities).get(
                 "capabilities", {}

@@ -10,7 +10,7 @@ it; an ignored-websocket model's sessions attach only to a ready model.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import unquote
 
 from aiohttp import hdrs, web
@@ -36,10 +36,7 @@ async def upstream_passthrough(request: web.Request) -> web.StreamResponse:
     raw_path = request.app[NAMES].profiles.rewrite_path(raw_path)
     name, rest = _split_upstream_path(rt.config, raw_path)
     if not rest:
-        location = f"/upstream/{raw_path}/" + (f"?{raw_query}" if sep else "")
-        if request.method in (hdrs.METH_GET, hdrs.METH_HEAD):
-            raise web.HTTPMovedPermanently(location)
-        raise web.HTTPPermanentRedirect(location)
+        _redirect(request, f"/upstream/{raw_path}/" + (f"?{raw_query}" if sep else ""))
     path = rest + (f"?{raw_query}" if sep else "")
     model_id = rt.config.resolve(name)
     peer = rt.config.peer_of(name) if model_id is None else None
@@ -69,6 +66,41 @@ async def upstream_passthrough(request: web.Request) -> web.StreamResponse:
         async with rt.router.lease(model_id) as upstream:
             route = local_route(rt.config, model, upstream, path, rest, tap)
             return await request.app[PROXY].forward(request, route, body)
+
+
+def _redirect(request: web.Request, location: str) -> NoReturn:
+    """To the same path with a trailing slash: 301 for GET/HEAD, else 308."""
+    if request.method in (hdrs.METH_GET, hdrs.METH_HEAD):
+        raise web.HTTPMovedPermanently(location)
+    raise web.HTTPPermanentRedirect(location)
+
+
+async def comfyui(request: web.Request) -> web.StreamResponse:
+    """``/comfyui/...``: the fixed model ``comfyui_auto`` (llama-swap.md §2.7).
+
+    Only ``/comfyui/`` itself may start it; any other path while it is not
+    ready is 409, so a stale browser tab or websocket never reloads it. Its
+    websockets never load, queue or count.
+    """
+    rt = request.app[RUNTIME]
+    raw_path, sep, raw_query = request.raw_path[len("/comfyui") :].partition("?")
+    query = f"?{raw_query}" if sep else ""
+    if not raw_path:
+        _redirect(request, "/comfyui/" + query)
+    if COMFYUI_MODEL not in rt.config.models:
+        raise NotFound(f"local model {COMFYUI_MODEL} not found")
+    path = raw_path + query
+    if _is_websocket(request):
+        return await _websocket(request, rt, COMFYUI_MODEL, path)
+    if raw_path != "/" and rt.router.state_of(COMFYUI_MODEL) is not UpstreamState.READY:
+        raise Conflict(
+            f"model {COMFYUI_MODEL} is not loaded; only /comfyui/ can start it"
+        )
+    body = request.content.iter_any() if request.body_exists else None
+    model = rt.config.models[COMFYUI_MODEL]
+    async with rt.router.lease(COMFYUI_MODEL) as upstream:
+        route = local_route(rt.config, model, upstream, path, raw_path)
+        return await request.app[PROXY].forward(request, route, body)
 
 
 def _split_upstream_path(config: Config, raw_path: str) -> tuple[str, str]:
