@@ -1,9 +1,11 @@
 """Native backend: each model server is a child process in its own process group.
 
 Stop escalates as llama-swap and Supervisor do: ``cmdStop`` (with ``${PID}``) or
-SIGTERM to the whole group, then SIGKILL to the group after the grace period.
-Children die with swapvisor even when it is SIGKILLed, through the kernel's
-parent-death signal.
+SIGTERM to the whole group, then SIGKILL to the group after the grace period;
+``cmdStop`` runs beside the grace timer, so one that hangs is killed with it.
+Everything started here dies with swapvisor even when it is SIGKILLed: the
+direct child through the kernel's parent-death signal, its whole group through
+the lifeline (``backends/lifeline.py``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import os
 import shutil
 import signal
@@ -24,10 +27,11 @@ from backends.base import (
     Health,
     LaunchSpec,
 )
+from backends.lifeline import LIFELINE
 from backends.probe import HttpProbe
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Callable, Sequence
 
     from backends.base import Backend
 
@@ -111,37 +115,15 @@ class NativeBackend:
     async def start(self, model: str, spec: LaunchSpec) -> Handle:
         if not spec.argv:
             raise BackendStartError("empty command")
-        if shutil.which(spec.argv[0], path=spec.env.get("PATH")) is None:
-            raise BackendStartError(
-                f"failed to start command {list(spec.argv)!r}: {spec.argv[0]}: "
-                "No such file or directory (or not executable)"
-            )
-        parent = os.getpid()
-        env = {**os.environ, **spec.env}
-        argv, preexec = _die_with_parent_argv(spec.argv, parent)
-        loop = asyncio.get_running_loop()
-        exited: asyncio.Future[int] = loop.create_future()
         try:
-            # create_subprocess_exec, with a protocol that reports the exit itself
-            transport, protocol = await loop.subprocess_exec(
-                lambda: _ExitAwareProtocol(exited, loop),
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                env=env,
-                process_group=0,
-                preexec_fn=preexec,
-            )
+            child = await _launch(spec.argv, {**os.environ, **spec.env}, capture=True)
         except OSError as exc:
             raise BackendStartError(
                 f"failed to start command {list(spec.argv)!r}: {exc.strerror or exc}"
             ) from exc
-        proc = asyncio.subprocess.Process(transport, protocol, loop)
-        self._children[str(proc.pid)] = _Child(proc, exited)
-        return Handle(
-            model=model, kind=self.kind, ref=str(proc.pid), base_url=spec.base_url
-        )
+        ref = str(child.proc.pid)
+        self._children[ref] = child
+        return Handle(model=model, kind=self.kind, ref=ref, base_url=spec.base_url)
 
     async def health(self, handle: Handle, spec: LaunchSpec) -> Health:
         child = self._children.get(handle.ref)
@@ -156,42 +138,31 @@ class NativeBackend:
         if child.exit is None:
             child.exit = await self._terminate(child, spec, grace)
         # The group may hold grandchildren that outlived the leader.
-        _signal_group(child.proc.pid, signal.SIGKILL)
+        _end_group(child.proc.pid)
         del self._children[handle.ref]
         return child.exit
 
     async def _terminate(
         self, child: _Child, spec: LaunchSpec, grace: float
     ) -> ExitInfo:
-        proc = child.proc
         if child.exited.done():
             return ExitInfo(code=child.exited.result(), forced=False)
-        if spec.cmd_stop:
-            await self._run_cmd_stop(proc.pid, spec)
-        else:
-            _signal_group(proc.pid, signal.SIGTERM)
-        try:
-            code = await asyncio.wait_for(child.wait_exit(), timeout=max(grace, 0.0))
-            return ExitInfo(code=code, forced=False)
-        except TimeoutError:
-            _signal_group(proc.pid, signal.SIGKILL)
-            return ExitInfo(code=await child.wait_exit(), forced=True)
-
-    async def _run_cmd_stop(self, pid: int, spec: LaunchSpec) -> None:
-        argv = [arg.replace("${PID}", str(pid)) for arg in spec.cmd_stop]
-        try:
-            stopper = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-                env={**os.environ, **spec.env},
-            )
-        except OSError:
-            # As llama-swap: a cmdStop that cannot run falls back to SIGTERM.
+        pid = child.proc.pid
+        deadline = asyncio.get_running_loop().time() + max(grace, 0.0)
+        # cmdStop runs beside the grace timer, as in llama-swap: one that hangs
+        # must not hang the stop (and with it every swap) forever.
+        stopper = await _start_cmd_stop(pid, spec) if spec.cmd_stop else None
+        if stopper is None:
             _signal_group(pid, signal.SIGTERM)
-            return
-        await stopper.wait()
+        try:
+            async with asyncio.timeout_at(deadline):
+                return ExitInfo(code=await child.wait_exit(), forced=False)
+        except TimeoutError:
+            _signal_group(pid, signal.SIGKILL)
+            return ExitInfo(code=await child.wait_exit(), forced=True)
+        finally:
+            if stopper is not None:
+                await _reap_by(stopper, deadline)
 
     async def wait(self, handle: Handle) -> None:
         """Return once the process has exited (used to notice a crash at once)."""
@@ -219,6 +190,59 @@ class NativeBackend:
 
     async def aclose(self) -> None:
         await self._probe.aclose()
+
+
+async def _launch(argv: Sequence[str], env: dict[str, str], *, capture: bool) -> _Child:
+    """Start ``argv`` (no shell) as the leader of a new process group that dies
+    with swapvisor: the leader by the parent-death signal, the whole group by
+    the lifeline. Output is merged into ``proc.stdout`` when ``capture``, else
+    dropped. Raises ``OSError`` when it cannot start."""
+    # Checked here: behind setpriv a missing binary would be setpriv's exit code.
+    if shutil.which(argv[0], path=env.get("PATH")) is None:
+        raise FileNotFoundError(
+            errno.ENOENT, f"{argv[0]}: No such file or directory (or not executable)"
+        )
+    wrapped, preexec = _die_with_parent_argv(tuple(argv), os.getpid())
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[int] = loop.create_future()
+    # create_subprocess_exec, with a protocol that reports the exit itself
+    transport, protocol = await loop.subprocess_exec(
+        lambda: _ExitAwareProtocol(exited, loop),
+        *wrapped,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE if capture else asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+        process_group=0,
+        preexec_fn=preexec,
+    )
+    proc = asyncio.subprocess.Process(transport, protocol, loop)
+    LIFELINE.hold(proc.pid)
+    return _Child(proc, exited)
+
+
+async def _start_cmd_stop(pid: int, spec: LaunchSpec) -> _Child | None:
+    argv = [arg.replace("${PID}", str(pid)) for arg in spec.cmd_stop]
+    try:
+        return await _launch(argv, {**os.environ, **spec.env}, capture=False)
+    except OSError:
+        # As llama-swap: a cmdStop that cannot run falls back to SIGTERM.
+        return None
+
+
+async def _reap_by(child: _Child, deadline: float) -> None:
+    """Let ``child`` run until ``deadline``, then end its group and reap it."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout_at(deadline):
+            await child.wait_exit()
+    _end_group(child.proc.pid)
+    await child.wait_exit()
+
+
+def _end_group(pgid: int) -> None:
+    """SIGKILL whatever is left of a group we are done with, and let it go."""
+    _signal_group(pgid, signal.SIGKILL)
+    LIFELINE.release(pgid)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

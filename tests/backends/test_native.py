@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import pytest
 from backends.base import BackendStartError, Handle, Health, LaunchSpec
 from backends.native import NativeBackend
 from tests.conftest import FAKE, PY, alive, free_port, wait_until, wait_until_sync
+from tests.e2e.conftest import group_members
 
 
 def spec_for(port: int, *flags: str, cmd_stop: tuple[str, ...] = ()) -> LaunchSpec:
@@ -91,6 +93,39 @@ async def test_native_cmd_stop_runs_with_pid(tmp_path: Path) -> None:
     await backend.aclose()
 
 
+# Writes its pid to argv[1], SIGTERMs argv[2] if given, then hangs.
+HANGING_STOPPER = (
+    "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); "
+    "sys.argv[2:] and os.kill(int(sys.argv[2]), 15); time.sleep(1000)"
+)
+
+
+@pytest.mark.parametrize(
+    ("stops_server", "expected"),
+    [
+        pytest.param(False, (-signal.SIGKILL, True), id="hangs"),
+        pytest.param(True, (0, False), id="stops-server-then-hangs"),
+    ],
+)
+async def test_native_hanging_cmd_stop_is_killed_at_the_grace_deadline(
+    tmp_path: Path, stops_server: bool, expected: tuple[int, bool]
+) -> None:
+    """cmdStop runs beside the grace timer: one that hangs cannot hang the stop."""
+    pidfile = tmp_path / "stopper.pid"
+    stopper = (PY, "-c", HANGING_STOPPER, str(pidfile), *(["${PID}"] * stops_server))
+    backend = NativeBackend()
+    spec = spec_for(free_port(), cmd_stop=stopper)
+    handle = await backend.start("m", spec)
+    await until_ready(backend, handle, spec)
+    began = time.monotonic()
+    info = await asyncio.wait_for(backend.stop(handle, spec, grace=1.0), 10)
+    assert time.monotonic() - began < 2.5
+    assert (info.code, info.forced) == expected
+    server, stopper_pid = int(handle.ref), int(pidfile.read_text())
+    assert group_members(server) == group_members(stopper_pid) == []
+    await backend.aclose()
+
+
 async def test_native_output_is_captured_line_by_line() -> None:
     backend = NativeBackend()
     port = free_port()
@@ -128,21 +163,31 @@ async def test_native_exit_is_seen_by_health() -> None:
     await backend.aclose()
 
 
-def test_native_children_die_when_the_parent_is_sigkilled(tmp_path: Path) -> None:
-    """The kernel's parent-death signal: no orphan even after SIGKILL."""
+def run_parent_then_sigkill_it(tmp_path: Path, *flags: str) -> list[int]:
+    """Start the fake (with ``flags``) from a NativeBackend in another process,
+    SIGKILL that process; return the server's pid and any ``child pid`` it
+    printed."""
     port = free_port()
     script = tmp_path / "parent.py"
     script.write_text(
         textwrap.dedent(f"""
-        import asyncio, sys
+        import asyncio, re, sys
         sys.path.insert(0, {str(Path(__file__).parents[2])!r})
         from backends.native import NativeBackend
         from backends.base import LaunchSpec
         async def main():
-            spec = LaunchSpec(argv=({PY!r}, {str(FAKE)!r}, "--port", "{port}"),
+            spec = LaunchSpec(argv=({PY!r}, {str(FAKE)!r}, "--port", "{port}",
+                                    *{flags!r}),
                               base_url="http://127.0.0.1:{port}")
-            handle = await NativeBackend().start("m", spec)
-            print(handle.ref, flush=True)
+            backend = NativeBackend()
+            handle = await backend.start("m", spec)
+            pids = [handle.ref]
+            async for line in backend.logs(handle):  # up to the banner
+                if m := re.search(rb"child pid (\\d+)", line):
+                    pids.append(m.group(1).decode())
+                if b"listening" in line:
+                    break
+            print(*pids, flush=True)
             await asyncio.sleep(3600)
         asyncio.run(main())
     """)
@@ -151,8 +196,21 @@ def test_native_children_die_when_the_parent_is_sigkilled(tmp_path: Path) -> Non
         [sys.executable, str(script)], stdout=subprocess.PIPE, text=True
     ) as parent:
         assert parent.stdout is not None
-        child = int(parent.stdout.readline())
-        wait_until_sync(lambda: alive(child))
+        pids = [int(p) for p in parent.stdout.readline().split()]
+        wait_until_sync(lambda: all(alive(p) for p in pids))
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait(5)
+    return pids
+
+
+def test_native_children_die_when_the_parent_is_sigkilled(tmp_path: Path) -> None:
+    """The kernel's parent-death signal: no orphan even after SIGKILL."""
+    [child] = run_parent_then_sigkill_it(tmp_path)
     wait_until_sync(lambda: not alive(child), timeout=5)
+
+
+def test_native_grandchildren_die_when_the_parent_is_sigkilled(tmp_path: Path) -> None:
+    """The lifeline takes the whole group, not only the direct child."""
+    child, grandchild = run_parent_then_sigkill_it(tmp_path, "--spawn-child")
+    wait_until_sync(lambda: group_members(child) == [], timeout=2)
+    assert not alive(grandchild)

@@ -104,6 +104,20 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live processes (zombies excluded) in process group ``pgid``."""
+    out: list[int] = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
+            out.append(int(entry.name))
+    return out
+
+
 def in_flight(sv: Swapvisor, model: str) -> int:
     """Requests being served by ``model`` now, from swapvisor's /running."""
     with urllib.request.urlopen(f"{sv.url}/running", timeout=5) as r:
