@@ -1,6 +1,7 @@
 """How observability is put into an app and fed: the event bus, log
 listeners, the activity recorder, metrics and the performance sampler, and
-the router's state changes, swaps and grants turned into events and metrics.
+the router's state changes, swaps and grants turned into events and metrics,
+and a reload's observability settings applied to them (:class:`Reapply`).
 The engine knows none of them; it only calls its listeners.
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from typing import TYPE_CHECKING
 
 from controller.engine.states import UpstreamState
@@ -23,7 +25,7 @@ from controller.http.keys import (
 )
 from controller.http.model_list import model_status
 from controller.observability.activity import ActivityStore
-from controller.observability.captures import CaptureBuffer
+from controller.observability.captures import MB, CaptureBuffer
 from controller.observability.events import EventBus, frame
 from controller.observability.gpu import GpuHolder, NvmlProbe
 from controller.observability.metrics import EVICTION_REASONS, Metrics
@@ -36,8 +38,11 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from controller.config.model import Config
+    from controller.config.sections import PerformanceSettings
     from controller.engine.states import StateChange
     from controller.observability.logs import Logs
+
+log = logging.getLogger("swapvisor.reload")
 
 
 def setup(app: web.Application, config: Config, logs: Logs) -> None:
@@ -56,12 +61,18 @@ def setup(app: web.Application, config: Config, logs: Logs) -> None:
         bus,
         config.ui.activity.session_id,
     )
+    # Made even when disabled, so that a reload can turn sampling on: the app
+    # is frozen by then. The handlers answer 503 while the config disables it.
+    app[PERF] = PerfMonitor(config.performance.every_s, holder.probe)
+    sampler = Sampler(app[PERF])
     app[INITIAL] = [lambda: frame("inflight", app[OBSERVER].snapshot())]
     for source, monitor in (("proxy", logs.proxy), ("upstream", logs.upstream)):
         monitor.add_listener(_log_event(bus, source))
     connect_runtime(app)
+    app[RUNTIME].reload_listeners.append(Reapply(app, sampler))
     app.on_shutdown.append(_end_streams)
-    app.cleanup_ctx.append(_perf_sampler)
+    app.cleanup_ctx.append(_close)  # after the sampler stops: it uses the probe
+    app.cleanup_ctx.append(sampler.lifetime)
 
 
 def connect_runtime(app: web.Application) -> None:
@@ -116,16 +127,100 @@ async def _end_streams(app: web.Application) -> None:
     app[LOGS].close_subscribers()
 
 
-async def _perf_sampler(app: web.Application) -> AsyncIterator[None]:
-    config = app[RUNTIME].config
-    task = None
-    if not config.performance.disabled:
-        app[PERF] = PerfMonitor(config.performance.every_s, app[GPU].probe)
-        task = asyncio.create_task(_sample(app[PERF]))
+class Sampler:
+    """Owns the task that samples performance every ``performance.every``:
+    started with the app unless the config disables it; :meth:`apply` (a
+    reload) restarts it on the new interval or stops it."""
+
+    def __init__(self, perf: PerfMonitor) -> None:
+        self.perf = perf
+        self.task: asyncio.Task[None] | None = None
+        self._running = False
+
+    async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
+        self._running = True
+        self.apply(app[RUNTIME].config.performance)
+        yield
+        self._running = False
+        task, self.task = self.task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def apply(self, settings: PerformanceSettings) -> None:
+        """Sample per ``settings`` from now on (the first sample at once).
+        Before the app starts and after it stops this only keeps the
+        interval. Never blocks."""
+        if self.task is not None:
+            self.task.cancel()  # it ends at its next await; nothing to join
+            self.task = None
+        self.perf.reconfigure(settings.every_s)
+        if self._running and not settings.disabled:
+            self.task = asyncio.create_task(_sample(self.perf), name="perf sampler")
+
+
+class Reapply:
+    """A runtime reload listener: applies the observability keys a reload
+    changed, in place, for the command line and in-process apps alike.
+    llama-swap rebuilds its server for this (and needs a restart for
+    ``logToStdout``); here the pieces are resized or re-pointed:
+
+    - ``store.path``: the activity store moves to the new database, as
+      llama-swap reopens it; the captures, keyed by row id, are dropped. If
+      the new one cannot be opened the old one stays, and the next reload
+      tries again.
+    - ``metricsMaxInMemory``, ``captureBuffer``: the row cap and the capture
+      buffer take the new size at once (dropping the oldest).
+    - ``performance``: the sampler restarts on the new interval, or stops.
+    - ``logToStdout``: what stdout and ``GET /logs`` carry from now on.
+    - ``ui.activity.session_id``: the headers in-flight entries show.
+    """
+
+    def __init__(self, app: web.Application, sampler: Sampler) -> None:
+        self._app = app
+        self._sampler = sampler
+        self._config = app[RUNTIME].config
+
+    def __call__(self, config: Config) -> None:
+        old, self._config = self._config, config
+        obs = self._app[OBSERVER]
+        applied = []
+        if config.store.path != obs.store.path and self._move_store(config):
+            applied.append("store.path")
+        if config.metrics_max_in_memory != old.metrics_max_in_memory:
+            obs.store.set_max_rows(config.metrics_max_in_memory)
+            applied.append("metricsMaxInMemory")
+        if config.capture_buffer != old.capture_buffer:
+            obs.captures.resize(config.capture_buffer * MB)
+            applied.append("captureBuffer")
+        if config.performance != old.performance:
+            self._sampler.apply(config.performance)
+            applied.append("performance")
+        if config.log_to_stdout != old.log_to_stdout:
+            self._app[LOGS].set_log_to_stdout(config.log_to_stdout)
+            applied.append("logToStdout")
+        obs.session_headers = tuple(config.ui.activity.session_id)
+        if applied:
+            log.info("config reload applied %s", ", ".join(applied))
+
+    def _move_store(self, config: Config) -> bool:
+        obs, path = self._app[OBSERVER], config.store.path
+        try:
+            obs.store.reopen(path)
+        except (sqlite3.Error, OSError) as exc:
+            log.error(
+                "store.path: cannot open %s (%s); activity stays in %s",
+                path or "memory",
+                exc,
+                obs.store.path or "memory",
+            )
+            return False
+        obs.captures.clear()
+        return True
+
+
+async def _close(app: web.Application) -> AsyncIterator[None]:
     yield
-    if task is not None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
     app[EVENTS].close()
     app[LOGS].close_subscribers()
     app[OBSERVER].store.close()

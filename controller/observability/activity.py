@@ -9,8 +9,10 @@ query parameters come in as a mapping of lists, invalid ones raise
 
 Storage: ``:memory:`` SQLite by default, pruned to ``metricsMaxInMemory`` rows
 after each insert; or the file at ``store.path`` (WAL, ``busy_timeout`` 5000),
-never pruned. Every call is a short local SQLite statement guarded by a lock,
-so an asyncio caller may call it inline or push it to a thread
+never pruned. Either way the database is llama-swap's: same tables, indexes
+and goose migration bookkeeping (:func:`migrate`), so a file moves freely
+between the two. Every call is a short local SQLite statement guarded by a
+lock, so an asyncio caller may call it inline or push it to a thread
 (``asyncio.to_thread``); the connection is shared across threads.
 """
 
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_LIMIT",
     "DEFAULT_MAX_IN_MEMORY",
+    "GOOSE_TABLE",
+    "MIGRATIONS",
     "SORT_COLUMNS",
     "ActivityEntry",
     "ActivityQuery",
@@ -44,6 +48,7 @@ __all__ = [
     "TokenStats",
     "format_timestamp",
     "histogram",
+    "migrate",
     "parse_query",
     "percentile",
     "total_pages",
@@ -69,8 +74,26 @@ SORT_COLUMNS: dict[str, str] = {
 }
 """API sort key -> column. Only these names ever reach SQL."""
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS activity (
+# The schema is llama-swap's, kept the way llama-swap keeps it: its store
+# (internal/store, commit 0bdb372) applies internal/store/migrations/*.sql with
+# goose (pressly/goose v3.27.2, sqlite3 dialect), which records them in
+# ``goose_db_version``: a row for version 0 when the table is made, then one
+# per applied migration. Without that bookkeeping llama-swap runs migration 1
+# again on a swapvisor file and refuses it ("partial migration error
+# (type:sql,version:1): table activity already exists"). Statement texts are
+# goose's (the migration file's, trimmed), so ``sqlite_master`` reads the same.
+GOOSE_TABLE = "goose_db_version"
+_GOOSE_CREATE = (  # goose internal/dialects/sqlite3.go CreateTable, byte for byte
+    "CREATE TABLE goose_db_version (\n"
+    "\t\tid INTEGER PRIMARY KEY AUTOINCREMENT,\n"
+    "\t\tversion_id INTEGER NOT NULL,\n"
+    "\t\tis_applied INTEGER NOT NULL,\n"
+    "\t\ttstamp TIMESTAMP DEFAULT (datetime('now'))\n"
+    "\t)"
+)
+_GOOSE_INSERT = "INSERT INTO goose_db_version (version_id, is_applied) VALUES (?, ?)"
+
+_CREATE_ACTIVITY = """CREATE TABLE activity (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     ts_created INTEGER NOT NULL,
     model_id TEXT NOT NULL,
@@ -87,12 +110,25 @@ CREATE TABLE IF NOT EXISTS activity (
     duration_ms INTEGER NOT NULL DEFAULT 0,
     error_msg TEXT NOT NULL DEFAULT '',
     metadata_json TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS idx_activity_created_id
-    ON activity (ts_created DESC, id DESC);
-CREATE INDEX IF NOT EXISTS idx_activity_model_created_id
-    ON activity (model_id, ts_created DESC, id DESC);
-"""
+);"""
+
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (
+        1,  # 00001_create_activity.sql
+        (
+            _CREATE_ACTIVITY,
+            (
+                "CREATE INDEX idx_activity_created_id\n"
+                "    ON activity (ts_created DESC, id DESC);"
+            ),
+            (
+                "CREATE INDEX idx_activity_model_created_id\n"
+                "    ON activity (model_id, ts_created DESC, id DESC);"
+            ),
+        ),
+    ),
+)
+"""llama-swap's migrations (version, Up statements), oldest first."""
 
 _INSERT_COLUMNS = (
     "ts_created, model_id, req_path, resp_content_type, resp_status_code, "
@@ -416,17 +452,30 @@ class ActivityStore:
             else DEFAULT_MAX_IN_MEMORY
         )
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            path or ":memory:", check_same_thread=False, isolation_level=None
-        )
-        if path:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
+        self._db = _open(path)
 
     @property
     def in_memory(self) -> bool:
         return not self.path
+
+    def set_max_rows(self, metrics_max_in_memory: int) -> None:
+        """A new ``metricsMaxInMemory`` (config reload); an in-memory store
+        drops what no longer fits at once."""
+        if metrics_max_in_memory > 0:
+            self.max_rows = metrics_max_in_memory
+        if self.in_memory:
+            with self._lock:
+                self._prune()
+
+    def reopen(self, path: str | None) -> None:
+        """Move to the database at ``path`` (None: a new in-memory one) on a
+        config reload, as llama-swap does when ``store.path`` changes. Rows are
+        not copied. The new one is opened first, so if that raises
+        (``sqlite3.Error``, ``OSError``) this store is left as it was."""
+        db = _open(path)
+        with self._lock:
+            old, self._db, self.path = self._db, db, path
+            old.close()
 
     def close(self) -> None:
         with self._lock:
@@ -531,6 +580,58 @@ class ActivityStore:
                 f"SELECT {_COLUMNS} FROM activity WHERE id = ?", (entry_id,)
             ).fetchone()
         return _entry_of(row) if row else None
+
+
+def _open(path: str | None) -> sqlite3.Connection:
+    db = sqlite3.connect(
+        path or ":memory:", check_same_thread=False, isolation_level=None
+    )
+    try:
+        if path:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA busy_timeout=5000")
+        migrate(db)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Apply the :data:`MIGRATIONS` that ``db`` lacks, recording each in
+    goose's version table as llama-swap does (one transaction for all).
+
+    A database swapvisor made before it kept that table holds exactly
+    migration 1's table and indexes (swapvisor's schema never changed), so
+    it is upgraded in place: version 0 and 1 are recorded as applied and its
+    rows stay. Versions only a newer llama-swap knows are left alone; the
+    columns swapvisor names are still there."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if not _has_table(db, GOOSE_TABLE):
+            db.execute(_GOOSE_CREATE)
+            db.execute(_GOOSE_INSERT, (0, True))
+            if _has_table(db, "activity"):
+                db.execute(_GOOSE_INSERT, (1, True))
+        applied = {
+            int(v) for (v,) in db.execute(f"SELECT version_id FROM {GOOSE_TABLE}")
+        }
+        for version, statements in MIGRATIONS:
+            if version not in applied:
+                for statement in statements:
+                    db.execute(statement)
+                db.execute(_GOOSE_INSERT, (version, True))
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    row = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+    ).fetchone()
+    return row is not None
 
 
 def _entry_of(row: Sequence[Any]) -> ActivityEntry:

@@ -257,6 +257,15 @@ class CaptureBuffer:
             self._items.clear()
             self._size = 0
 
+    def resize(self, max_bytes: int) -> None:
+        """A new ``captureBuffer`` (config reload): the oldest captures go
+        until the rest fit; ``<= 0`` disables the buffer and empties it."""
+        with self._lock:
+            self.max_bytes = max(max_bytes, 0)
+            while self._items and self._size > self.max_bytes:
+                _, (_, evicted) = self._items.popitem(last=False)
+                self._size -= evicted
+
 
 class BoundedBody:
     """A copy of a body kept for a capture, up to ``limit`` bytes; past that

@@ -140,10 +140,22 @@ class Logs:
         self._models: dict[str, LogMonitor] = {}
         out = stdout or sys.stdout
         self.mux.add_listener(lambda data: _print(out, data))
-        if log_to_stdout in ("proxy", "both"):
-            self.proxy.add_listener(self.mux.write)
-        if log_to_stdout in ("upstream", "both"):
-            self.upstream.add_listener(self.mux.write)
+        self.log_to_stdout = log_to_stdout
+        self.proxy.add_listener(self._from_proxy)
+        self.upstream.add_listener(self._from_upstream)
+
+    def set_log_to_stdout(self, mode: str) -> None:
+        """Choose what ``mux`` (stdout, ``GET /logs``) carries from now on:
+        ``proxy``, ``upstream``, ``both`` or ``none`` (config reload)."""
+        self.log_to_stdout = mode
+
+    def _from_proxy(self, data: bytes) -> None:
+        if self.log_to_stdout in ("proxy", "both"):
+            self.mux.write(data)
+
+    def _from_upstream(self, data: bytes) -> None:
+        if self.log_to_stdout in ("upstream", "both"):
+            self.mux.write(data)
 
     def model(self, model_id: str) -> LogMonitor:
         monitor = self._models.get(model_id)
