@@ -2,7 +2,9 @@
 once at load so a mistake is named before anything starts.
 
 Stricter than llama-swap where it is vague: unknown group members fail at load
-(llama-swap fails later, at server construction).
+(llama-swap fails later, at server construction), checked after everything
+llama-swap checks at load so a config with several mistakes is refused for the
+same one first.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ def crosscheck(config: Config) -> None:
     _peers(config)
     _selectors(config)
     _profiles(config)
+    _members_exist(config)
 
 
 def _aliases(config: Config) -> None:
@@ -82,17 +85,25 @@ def _routing(config: Config) -> None:
                 raise ValueError(
                     f"duplicate model member {member} found in group: {gid}"
                 )
-            if member not in config.models:
-                raise ValueError(
-                    f"group {gid}: member {member} is not a configured "
-                    "model (members must be model IDs, not aliases)"
-                )
             if member in member_of:
                 raise ValueError(
                     f"model member {member} is used in multiple groups: "
                     f"{member_of[member]} and {gid}"
                 )
             member_of[member] = gid
+
+
+def _members_exist(config: Config) -> None:
+    """Last, as llama-swap finds an unknown member only when it builds the
+    router, after every load-time check."""
+    engine, groups, _ = config.routing_engine()
+    for gid, group in groups.items() if engine == "group" else ():
+        for member in group.members:
+            if member not in config.models:
+                raise ValueError(
+                    f"group {gid}: member {member} is not a configured "
+                    "model (members must be model IDs, not aliases)"
+                )
 
 
 def _priority(config: Config) -> None:

@@ -8,8 +8,10 @@ It knows nothing of pydantic; ``controller.config`` calls it on plain data.
 
 from __future__ import annotations
 
+import math
 import os
 import re
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from controller.errors import ConfigError
@@ -18,7 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 Scalar = str | int | float | bool
-RESERVED = ("PID", "PORT", "MODEL_ID")
+RESERVED = ("PID", "PORT", "MODEL_ID", "SLOT_DIR")
 _ENV_RE = re.compile(r"\$\{env\.([a-zA-Z_][a-zA-Z0-9_]*)\}")
 _NAME_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
 _ANY_MACRO_RE = re.compile(r"\$\{([^}]*)\}")
@@ -96,9 +98,46 @@ def validate_macros(macros: Any, where: str = "") -> dict[str, Scalar]:
 
 
 def _text(value: Scalar) -> str:
+    """A macro value as llama-swap interpolates it (Go's ``%v``)."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float):
+        return go_float(value)
     return str(value)
+
+
+def go_float(value: float) -> str:
+    """Go's ``%v`` of a float64, ``strconv.FormatFloat(v, 'g', -1, 64)``.
+
+    The shortest digits that read back as ``value`` (Python's ``repr`` finds
+    the same ones), in exponent form when the decimal exponent is below -4 or
+    at least 6: Go's ftoa.go, "if precision was the shortest possible, use
+    precision 6 for this decision". So ``1.0`` is ``1``, ``1e8`` is ``1e+08``.
+    """
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    sign = "-" if math.copysign(1.0, value) < 0 else ""
+    if value == 0:
+        return sign + "0"
+    exact = Decimal(repr(abs(value))).normalize()
+    digits = "".join(map(str, exact.as_tuple().digits))
+    point = len(digits) + int(exact.as_tuple().exponent)  # 0.DIGITS x 10^point
+    return sign + go_layout(digits, point)
+
+
+def go_layout(digits: str, point: int) -> str:
+    """Go's ``'g'`` layout of the significant ``digits`` of 0.DIGITS x 10^point."""
+    exp = point - 1
+    if exp < -4 or exp >= 6:
+        mantissa = digits[0] + (f".{digits[1:]}" if len(digits) > 1 else "")
+        return f"{mantissa}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
+    if point <= 0:
+        return "0." + "0" * -point + digits
+    if point >= len(digits):
+        return digits + "0" * (point - len(digits))
+    return f"{digits[:point]}.{digits[point:]}"
 
 
 def substitute(value: Any, macros: Mapping[str, Scalar]) -> Any:

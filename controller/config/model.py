@@ -14,13 +14,11 @@ from functools import cached_property
 from typing import Any
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
+    PrivateAttr,
     field_validator,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
 
 from backends.base import LaunchSpec
 from backends.specs import MockSpec
@@ -40,7 +38,10 @@ from controller.config.sections import (
     PerformanceSettings,
     ProfileConfig,
     Routing,
+    Section,
     SelectorConfig,
+    SleepBlock,
+    SlotCache,
     StoreSettings,
     Timeouts,
     UiSettings,
@@ -56,21 +57,17 @@ MIN_HEALTH_CHECK_TIMEOUT = 15
 # llama-swap's default is http://localhost:${PORT}; 127.0.0.1 avoids a wasted
 # IPv6 connect attempt per request when the server binds IPv4 only.
 DEFAULT_PROXY = "http://127.0.0.1:${PORT}"
+# The ports ${PORT} handed out: model id -> (the model's launch settings before
+# ${PORT} was put in, as text; the port). A reload keeps a model's port while
+# those settings are unchanged, so adding a model does not move the others.
+PortPlan = dict[str, tuple[str, int]]
 
 # llama-swap keys that later swapvisor work implements; accepted with a warning
 # that says they are not applied yet (rather than an "unknown key" warning).
 NOT_YET_TOP_KEYS: frozenset[str] = frozenset()
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(
-        extra="allow",
-        alias_generator=to_camel,
-        frozen=True,
-    )
-
-
-class ModelConfig(_Section):
+class ModelConfig(Section):
     """``models.<id>`` (llama-swap.md §1.3)."""
 
     cmd: str = ""
@@ -100,6 +97,11 @@ class ModelConfig(_Section):
     liveness_interval: float | None = None
     crash_loop: CrashLoop | None = None
     max_start_time: float | None = None
+    # Save llama.cpp KV slots before a stop, restore them on the next start.
+    keep_slots: bool = False
+    # Put the server to sleep instead of stopping it when a swap evicts it.
+    sleep: str | SleepBlock | None = None
+    sleep_ttl: float = Field(0.0, alias="sleepTTL")  # asleep this long: stop
     # swapvisor extensions: run the model through a container engine's API, or
     # simulate it in-process (at most one of the three).
     docker: ContainerBlock | None = None
@@ -160,6 +162,20 @@ class ModelConfig(_Section):
             raise Worded(f"invalid proxy URL: {exc}", at="model") from exc
         return v
 
+    @field_validator("sleep")
+    @classmethod
+    def _sleep(cls, v: str | SleepBlock | None) -> str | SleepBlock | None:
+        if isinstance(v, str) and v != "vllm":
+            raise ValueError(f"unknown sleep mode {v!r} (valid: vllm, or a mapping)")
+        return v
+
+    @field_validator("sleep_ttl")
+    @classmethod
+    def _sleep_ttl(cls, v: float) -> float:
+        if v < 0:
+            raise ValueError(f"must be >= 0 seconds (0: never stopped), got {v}")
+        return v
+
     @field_validator("liveness_interval")
     @classmethod
     def _liveness(cls, v: float | None) -> float | None:
@@ -195,10 +211,11 @@ class ModelConfig(_Section):
         return dict(item.split("=", 1) for item in self.env)
 
 
-class Config(_Section):
+class Config(Section):
     """The whole file (llama-swap.md §1.2)."""
 
     models: dict[str, ModelConfig] = Field(default_factory=dict)
+    _port_plan: PortPlan = PrivateAttr(default_factory=dict)
     health_check_timeout: int = 120
     start_port: int = 5800
     global_ttl: int = Field(0, alias="globalTTL")
@@ -231,6 +248,7 @@ class Config(_Section):
     liveness_interval: float = 10.0
     crash_loop: CrashLoop = Field(default_factory=CrashLoop)
     max_start_time: float | None = None
+    slot_cache: SlotCache = Field(default_factory=SlotCache)
 
     @field_validator("log_to_stdout")
     @classmethod
@@ -255,6 +273,14 @@ class Config(_Section):
                     f"profiles.{name}: profile must be a mapping with description "
                     "and pins; the legacy list syntax is no longer supported"
                 )
+        return v
+
+    @field_validator("store", mode="before")
+    @classmethod
+    def _store_has_path(cls, v: Any) -> Any:
+        # llama-swap checks a store block that is present: a path is required.
+        if isinstance(v, dict) and v.get("path") is None:
+            raise Worded("store.path must not be empty")
         return v
 
     @field_validator("liveness_interval")
@@ -309,6 +335,14 @@ class Config(_Section):
         return v
 
     # -- derived views -------------------------------------------------------
+
+    @property
+    def port_plan(self) -> PortPlan:
+        return dict(self._port_plan)
+
+    def remember_ports(self, plan: PortPlan) -> None:
+        """Record the ports the loader handed out (see ``PortPlan``)."""
+        self._port_plan = dict(plan)
 
     @property
     def health_deadline_s(self) -> float:

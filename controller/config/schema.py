@@ -131,6 +131,8 @@ _DESCRIPTIONS: dict[str, dict[str, str]] = {
         "maxStartTime": "swapvisor: hard cap in seconds on a start that keeps "
         "logging; healthCheckTimeout then counts from the last log line "
         "(default 4 x healthCheckTimeout).",
+        "slotCache": "swapvisor: dir (default <user cache>/swapvisor/slots) and "
+        "maxSize (default 20GiB) of keepSlots models' saved KV cache files.",
     },
     "ModelConfig": {
         "docker": "swapvisor: run the model as a container through the Docker API.",
@@ -139,6 +141,12 @@ _DESCRIPTIONS: dict[str, dict[str, str]] = {
         "livenessInterval": "swapvisor: overrides the top-level livenessInterval.",
         "crashLoop": "swapvisor: overrides the top-level crashLoop.",
         "maxStartTime": "swapvisor: overrides the top-level maxStartTime.",
+        "keepSlots": "swapvisor: save llama.cpp KV slots before every stop and "
+        "restore them on the next start (pass --slot-save-path ${SLOT_DIR}).",
+        "sleep": "swapvisor: vllm, {mode: vllm, level: 1|2}, or {sleep, wake, "
+        "check} calls; a swap puts the model to sleep instead of stopping it.",
+        "sleepTTL": "swapvisor: seconds asleep before the process is stopped "
+        "(0: never).",
         "cmd": "Command line; # comment lines dropped, trailing \\ continues.",
         "cmdStop": "Command run instead of SIGTERM to stop; ${PID} is the process.",
         "proxy": "Base URL requests are forwarded to.",

@@ -7,7 +7,9 @@ exist, names do not collide) live in ``controller.crosscheck``.
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 from pydantic import (
@@ -20,7 +22,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from backends.specs import ContainerSpec
+from backends.specs import ContainerSpec, parse_bytes
 from controller.config.rules import check_every, validate_store_path
 
 # llama-swap's default for upstream.ignorePaths (static assets never load a model).
@@ -42,9 +44,37 @@ class Worded(ValueError):
 
 
 class Section(BaseModel):
-    """Base of every config section: camelCase keys, unknown keys kept for warnings."""
+    """Base of every config section: camelCase keys, unknown keys kept for
+    warnings, numbers accepted where text is expected (yaml.v3 reads ``name:
+    7`` into a string field).
 
-    model_config = ConfigDict(extra="allow", alias_generator=to_camel, frozen=True)
+    A YAML null means "not set", as it does for llama-swap's Go structs (a nil
+    map, slice or pointer; a scalar keeps its default): a key whose value is
+    null is dropped when the field has a default, and a section given as null
+    is an empty one (``profiles: {p: }`` is a profile without pins).
+    """
+
+    model_config = ConfigDict(
+        extra="allow",
+        alias_generator=to_camel,
+        frozen=True,
+        coerce_numbers_to_str=True,
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_unset(cls, data: Any) -> Any:
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            return data
+        optional = {
+            key
+            for name, info in cls.model_fields.items()
+            if not info.is_required()
+            for key in (name, info.alias)
+        }
+        return {k: v for k, v in data.items() if v is not None or k not in optional}
 
 
 class Filters(Section):
@@ -62,6 +92,11 @@ class Filters(Section):
             data = dict(data)
             legacy = data.pop("strip_params")
             data["stripParams"] = data.get("stripParams") or legacy
+        by_id = data.get("setParamsByID") if isinstance(data, dict) else None
+        if isinstance(by_id, dict) and None in by_id.values():
+            # An id with nothing under it sets nothing (a nil map in Go).
+            by_id = {k: {} if v is None else v for k, v in by_id.items()}
+            data = {**data, "setParamsByID": by_id}
         return data
 
     def strip(self) -> tuple[str, ...]:
@@ -118,6 +153,74 @@ class Timeouts(Section):
 
 class Compat(Section):
     ignore_websockets: bool = False
+
+
+_CALL = re.compile(r"^(GET|POST|PUT|PATCH|DELETE) /\S*$")
+
+
+class SleepBlock(Section):
+    """``sleep:`` as a mapping: ``{mode: vllm, level: 1|2}``, or the server's
+    own endpoints ``{sleep: "POST /path", wake: "POST /path", check: "GET
+    /path"}`` (swapvisor extension; the string ``vllm`` is ``{mode: vllm}``)."""
+
+    mode: str = ""
+    level: int = 1
+    sleep: str = ""
+    wake: str = ""
+    check: str = ""
+
+    @model_validator(mode="after")
+    def _shape(self) -> SleepBlock:
+        if self.mode not in ("", "vllm"):
+            raise ValueError(f"sleep.mode: unknown mode {self.mode!r} (valid: vllm)")
+        if self.level not in (1, 2):
+            raise ValueError(f"sleep.level must be 1 or 2, got {self.level}")
+        if self.mode:
+            return self
+        if not self.sleep or not self.wake:
+            raise ValueError("sleep: give mode: vllm, or both sleep and wake calls")
+        for key in ("sleep", "wake", "check"):
+            value = getattr(self, key)
+            if value and not _CALL.match(value.strip()):
+                raise ValueError(
+                    f'sleep.{key}: expected "METHOD /path" (e.g. "POST /sleep"), '
+                    f"got {value!r}"
+                )
+        return self
+
+
+def slot_root(configured: str) -> Path:
+    """The slot cache directory: ``slotCache.dir``, else the user's cache."""
+    if configured:
+        return Path(configured).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "swapvisor" / "slots"
+
+
+def slot_dir_name(model_id: str) -> str:
+    """A model's directory under the slot cache (a safe file name)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", model_id).lstrip(".") or "_"
+
+
+class SlotCache(Section):
+    """``slotCache``: where ``keepSlots`` models' KV cache files live and how
+    much disk they may take (oldest evicted first). swapvisor extension."""
+
+    dir: str = ""  # default: <user cache dir>/swapvisor/slots
+    max_size: str | int = "20GiB"
+
+    @field_validator("max_size")
+    @classmethod
+    def _size(cls, v: str | int) -> str | int:
+        if parse_bytes(str(v)) <= 0:
+            raise ValueError(f"must be a size above zero, got {v!r}")
+        return v
+
+    def directory(self) -> Path:
+        return slot_root(self.dir)
+
+    def max_bytes(self) -> int:
+        return parse_bytes(str(self.max_size))
 
 
 class CrashLoop(Section):

@@ -58,7 +58,9 @@ class Reloader:
 
     async def reload_now(self) -> bool:
         try:
-            loaded = load_config(self._file, self._dir)
+            # Unchanged models keep their ${PORT}, so they keep running.
+            ports = self._runtime.config.port_plan
+            loaded = load_config(self._file, self._dir, ports=ports)
         except ConfigError as exc:
             log.warning(
                 "failed to reload config: %s (still serving the old one)", exc.message

@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from controller.config.loader import LoadedConfig, parse_config
 from controller.config.model import DEFAULT_PROXY, Config, split_command
-from controller.errors import ConfigError
+from tests.config.helpers import error_of, load, warnings_of
 
 ONE = "models:\n  m:\n    cmd: srv --port ${PORT}\n"
-
-
-def load(text: str) -> Config:
-    return parse_config(text).config
 
 
 def model_with(extra: str) -> Config:
     """A config whose single model ``m`` has the given extra (indented) keys."""
     return load(ONE + "".join(f"    {line}\n" for line in extra.splitlines()))
-
-
-def error_of(text: str) -> str:
-    with pytest.raises(ConfigError) as info:
-        parse_config(text)
-    return str(info.value)
 
 
 # -- top level: defaults -----------------------------------------------------------
@@ -402,12 +391,6 @@ def test_config_cmd_block_scalar_with_comments_and_continuations() -> None:
 
 
 # -- unknown keys --------------------------------------------------------------------
-
-
-def warnings_of(text: str) -> tuple[str, ...]:
-    loaded = parse_config(text)
-    assert isinstance(loaded, LoadedConfig)
-    return loaded.warnings
 
 
 def test_config_no_warnings_for_known_keys() -> None:

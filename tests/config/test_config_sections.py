@@ -12,6 +12,7 @@ import pytest
 from controller.config.loader import parse_config
 from controller.config.sections import DEFAULT_IGNORE_PATHS
 from controller.errors import ConfigError
+from tests.config.helpers import error_of, load, warnings_of
 
 if TYPE_CHECKING:
     from controller.config.model import Config
@@ -19,20 +20,6 @@ if TYPE_CHECKING:
 # Two plain local models, a and b, for the sections to refer to.
 AB = "models:\n  a:\n    cmd: srv ${PORT}\n  b:\n    cmd: srv ${PORT}\n"
 PEER = "peers:\n  p:\n    proxy: http://127.0.0.1:9\n    models: [m]\n"
-
-
-def load(text: str) -> Config:
-    return parse_config(text).config
-
-
-def error_of(text: str) -> str:
-    with pytest.raises(ConfigError) as info:
-        parse_config(text)
-    return str(info.value)
-
-
-def warnings_of(text: str) -> tuple[str, ...]:
-    return parse_config(text).warnings
 
 
 def model(mid: str, *lines: str) -> str:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 import yaml
 
-from controller.config.loader import expand_config_macros, parse_config
+from controller.config.loader import expand_config_macros
 from controller.config.macros import (
     expand_env,
     leftover_macros,
@@ -16,19 +16,7 @@ from controller.config.macros import (
     validate_macros,
 )
 from controller.errors import ConfigError
-
-if TYPE_CHECKING:
-    from controller.config.model import Config
-
-
-def load(text: str) -> Config:
-    return parse_config(text).config
-
-
-def error_of(text: str) -> str:
-    with pytest.raises(ConfigError) as info:
-        parse_config(text)
-    return str(info.value)
+from tests.config.helpers import error_of, load
 
 
 def expanded(text: str) -> dict[str, Any]:
