@@ -41,6 +41,12 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--alias", default="smollm2-135m")
     ap.add_argument(
+        "--slot-save-path",
+        metavar="DIR",
+        help="where /slots/<id>?action=save writes KV cache files; turns the "
+        "/slots endpoints on (swapvisor's keepSlots passes ${SLOT_DIR})",
+    )
+    ap.add_argument(
         "--embedding",
         action="store_true",
         help="serve /v1/embeddings (mean pooling) instead of chat",
@@ -62,6 +68,9 @@ def main() -> None:
     p.cpuparams_batch.n_threads = args.threads
     p.model_alias = {args.alias}
     p.endpoint_metrics = True
+    if args.slot_save_path:
+        p.slot_save_path = args.slot_save_path
+        p.endpoint_slots = True
     p.warmup = True
     if args.embedding:
         p.embedding = True

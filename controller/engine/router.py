@@ -15,6 +15,14 @@ from typing import TYPE_CHECKING
 
 from controller.engine.eviction import build_policy
 from controller.engine.scheduler import Scheduler, Ticket
+from controller.engine.sleep import sleep_spec
+from controller.engine.slots import (
+    SlotFiles,
+    SlotKeeper,
+    SlotReport,
+    SlotStore,
+    launch_fingerprint,
+)
 from controller.engine.states import ModelStatus, StateChange, UpstreamState
 from controller.engine.upstream import LogSink, Supervision, TailBuffer, Upstream
 from controller.errors import (
@@ -31,6 +39,11 @@ if TYPE_CHECKING:
     from controller.engine.pool import BackendPool
 
 log = logging.getLogger("swapvisor.router")
+
+
+def slot_store(config: Config) -> SlotStore:
+    cache = config.slot_cache
+    return SlotStore(cache.directory(), cache.max_bytes())
 
 
 def supervision(config: Config, mid: str) -> Supervision:
@@ -89,6 +102,9 @@ class Router:
     ) -> None:
         self.config = config
         self.backends = backends
+        self._slot_store = slot_store(config)
+        # (model, save or restore report): metrics; called synchronously.
+        self.slot_listeners: list[Callable[[str, SlotReport], None]] = []
         # Each model's output sink (observability's per-model log monitor).
         self._model_logs = model_logs or (lambda _mid: TailBuffer())
         self.upstreams: dict[str, Upstream] = {
@@ -173,9 +189,13 @@ class Router:
         self.scheduler.release(ticket)
 
     def _new_upstream(self, config: Config, mid: str) -> Upstream:
+        spec = config.launch_spec(mid)
+        keeper = None
+        if config.models[mid].keep_slots:
+            keeper = SlotKeeper(self._slot_store, mid, launch_fingerprint(spec))
         return Upstream(
             mid,
-            config.launch_spec(mid),
+            spec,
             self.backends.get(
                 config.models[mid].backend_kind, config.models[mid].engine_url
             ),
@@ -185,7 +205,15 @@ class Router:
             on_change=self._on_state_change,
             logs=self._model_logs(mid),
             supervision=supervision(config, mid),
+            slots=keeper,
+            on_slots=self._slots_done,
+            sleep=sleep_spec(config.models[mid].sleep),
+            sleep_ttl_s=config.models[mid].sleep_ttl,
         )
+
+    def _slots_done(self, model: str, report: SlotReport) -> None:
+        for listener in self.slot_listeners:
+            listener(model, report)
 
     def reconfigure(self, config: Config) -> list[str]:
         """Apply a reloaded config; returns the ids of models that will restart.
@@ -197,6 +225,7 @@ class Router:
         """
         old = self.config
         policy = build_policy(config)
+        self._slot_store = slot_store(config)
         # Everything that can fail (a backend that cannot be made) happens
         # before anything changes: a failed reload leaves the old one whole.
         kept = {
@@ -216,6 +245,8 @@ class Router:
                 start_deadline_s=config.start_deadline_s(mid),
                 supervision=supervision(config, mid),
             )
+            current.sleep_spec = sleep_spec(config.models[mid].sleep)
+            current.sleep_ttl_s = config.models[mid].sleep_ttl
             if old.models[mid] != config.models[mid]:
                 current.clear_quarantine()  # its config changed: try again
         retired: list[str] = []
@@ -272,9 +303,13 @@ class Router:
     def status(self) -> dict[str, ModelStatus]:
         """Every current model's state and in-flight count, by id (advisory)."""
         return {
-            m: ModelStatus(u.state, u.in_flight, u.active_quarantine())
+            m: ModelStatus(u.state, u.in_flight, u.active_quarantine(), u.asleep_since)
             for m, u in self.upstreams.items()
         }
+
+    def saved_slots(self) -> dict[str, SlotFiles]:
+        """What each keepSlots model has saved on disk (reads the disk)."""
+        return {m: u.slots.saved() for m, u in self.upstreams.items() if u.slots}
 
     def queue_depth(self) -> int:
         """Requests waiting for a swap they may not start yet (advisory)."""
@@ -335,9 +370,10 @@ class Router:
                 log.info(
                     "swap: stopping %s to start %s", ", ".join(sorted(evict)), target
                 )
+            # Each evicted model sleeps if it can, else stops.
             await asyncio.gather(
                 *(
-                    u.stop(reason="swap")
+                    u.make_room()
                     for m in evict
                     if (u := self.upstreams.get(m)) is not None
                 )

@@ -13,6 +13,9 @@ class UpstreamState(enum.Enum):
     READY = "ready"
     STOPPING = "stopping"
     FAILED = "failed"  # the last start failed; ``Upstream.failure`` says why
+    # The process stays but released its accelerator memory (sleep mode);
+    # also while it is falling asleep. A request wakes it.
+    SLEEPING = "sleeping"
 
 
 S = UpstreamState
@@ -26,6 +29,9 @@ ALLOWED: frozenset[tuple[UpstreamState, UpstreamState]] = frozenset(
         (S.READY, S.STOPPING),  # unload, eviction, TTL, or the process exited
         (S.STOPPING, S.STOPPED),
         (S.STOPPING, S.FAILED),  # it died or stopped answering while idle
+        (S.READY, S.SLEEPING),  # a swap evicts a sleep-capable model
+        (S.SLEEPING, S.STARTING),  # a request wakes it (or restarts it)
+        (S.SLEEPING, S.STOPPING),  # unload, sleepTTL, reload, death
     }
 )
 
@@ -65,7 +71,16 @@ class ModelStatus:
     in_flight: int
     # Set while the model is quarantined after repeated failed starts.
     quarantine: Quarantine | None = None
+    # Wall-clock time it fell asleep, while it sleeps.
+    asleep_since: float | None = None
 
     @property
     def running(self) -> bool:
         return self.state in RUNNING
+
+    @property
+    def listed_state(self) -> str:
+        """``status.value`` in ``/v1/models``: loaded, sleeping or unloaded."""
+        if self.state is UpstreamState.SLEEPING:
+            return "sleeping"
+        return "loaded" if self.running else "unloaded"

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from backends.base import (
     Backend,
@@ -28,6 +28,7 @@ from backends.base import (
     Health,
     LaunchSpec,
 )
+from controller.engine.sleep import SleepError
 from controller.engine.states import ALLOWED, RUNNING, Quarantine, UpstreamState
 from controller.errors import (
     ControllerError,
@@ -37,6 +38,10 @@ from controller.errors import (
     UpstreamStartError,
     UpstreamStartTimeout,
 )
+
+if TYPE_CHECKING:
+    from controller.engine.sleep import SleepSpec
+    from controller.engine.slots import SlotKeeper, SlotReport
 
 log = logging.getLogger("swapvisor.upstream")
 
@@ -128,6 +133,10 @@ class Upstream:
         on_change: StateListener | None = None,
         logs: LogSink | None = None,
         supervision: Supervision | None = None,
+        slots: SlotKeeper | None = None,
+        on_slots: Callable[[str, SlotReport], None] | None = None,
+        sleep: SleepSpec | None = None,
+        sleep_ttl_s: float = 0.0,
     ) -> None:
         self.id = model_id
         self.spec = spec
@@ -143,6 +152,13 @@ class Upstream:
         self.started_at: float | None = None
         self.last_start_s: float | None = None
         self.supervision = supervision or Supervision()
+        self.slots = slots  # keepSlots: saved before a stop, restored on start
+        self.sleep_spec = sleep  # sleep instead of stop when a swap evicts it
+        self.sleep_ttl_s = sleep_ttl_s
+        self.asleep_since: float | None = None  # wall-clock, while asleep
+        self._sleep_task: asyncio.Task[bool] | None = None
+        self._sleep_ttl_task: asyncio.Task[None] | None = None
+        self._on_slots = on_slots
         self.quarantine: Quarantine | None = None
         self._failed_starts = 0  # in a row; a ready start resets it
         self._closed = False  # shutdown began: nothing starts again
@@ -178,9 +194,16 @@ class Upstream:
                 assert self._stop_task is not None
                 await asyncio.shield(self._stop_task)
                 continue
+            if self.state is S.SLEEPING and self._falling_asleep():
+                assert self._sleep_task is not None
+                await asyncio.shield(self._sleep_task)  # then wake it
+                continue
             if self.state is not S.STARTING:
                 self.check_startable()
-                self._begin_start()
+                if self.state is S.SLEEPING:
+                    self._begin_start(wake=True)
+                else:
+                    self._begin_start()
             assert self._ready is not None
             await asyncio.shield(self._ready)
 
@@ -189,12 +212,92 @@ class Upstream:
 
         ``reason`` (swap, unload, ttl, reload, shutdown) is kept for metrics.
         """
-        if self.state in (S.STARTING, S.READY):
+        if self.state in (S.STARTING, S.READY, S.SLEEPING):
             self.stop_reason = reason
             self._begin_stop(self.unload_grace_s if grace is None else grace)
         if self.state is S.STOPPING:
             assert self._stop_task is not None
             await asyncio.shield(self._stop_task)
+
+    async def make_room(self) -> None:
+        """A swap evicts this model: it sleeps if it can, else it stops."""
+        if self.sleep_spec is not None and not self._closed:
+            if self.state is S.READY:
+                self._begin_sleep()
+            if self.state is S.SLEEPING:
+                if not self._falling_asleep():
+                    return  # already asleep
+                assert self._sleep_task is not None
+                if await asyncio.shield(self._sleep_task):
+                    return
+        await self.stop(reason="swap")
+
+    def _falling_asleep(self) -> bool:
+        return self._sleep_task is not None and not self._sleep_task.done()
+
+    def _begin_sleep(self) -> None:
+        self._cancel_ttl()
+        self._cancel_liveness()
+        self._set_state(S.SLEEPING)
+        self._sleep_task = asyncio.create_task(
+            self._run_sleep(), name=f"sleep {self.id}"
+        )
+
+    async def _run_sleep(self) -> bool:
+        """True once asleep; on failure the model is stopped instead."""
+        assert self.sleep_spec is not None
+        try:
+            await self.sleep_spec.fall_asleep(self.base_url)
+        except SleepError as exc:
+            log.warning("%s: sleep failed, stopping it instead: %s", self.id, exc)
+            if self.state is S.SLEEPING:
+                self.stop_reason = "swap"
+                self._begin_stop(self.unload_grace_s)
+            return False
+        self.asleep_since = time.time()
+        log.info("%s is asleep", self.id)
+        if self.sleep_ttl_s > 0:
+            self._sleep_ttl_task = asyncio.create_task(
+                self._sleep_ttl_expire(), name=f"sleep ttl {self.id}"
+            )
+        return True
+
+    async def _sleep_ttl_expire(self) -> None:
+        await asyncio.sleep(self.sleep_ttl_s)
+        if self.state is S.SLEEPING and not self._falling_asleep():
+            log.info(
+                "%s asleep for %gs (sleepTTL): stopping it", self.id, self.sleep_ttl_s
+            )
+            self._sleep_ttl_task = None
+            self.stop_reason = "ttl"
+            self._begin_stop(self.unload_grace_s)
+
+    def _end_sleep(self) -> None:
+        self.asleep_since = None
+        for task in (self._sleep_task, self._sleep_ttl_task):
+            if (
+                task is not None
+                and not task.done()
+                and task is not asyncio.current_task()
+            ):
+                task.cancel()
+        self._sleep_ttl_task = None
+
+    async def _wake_or_restart(self) -> bool:
+        """Wake the sleeping server; if that fails, restart it. True when
+        it was restarted (its KV cache is gone)."""
+        assert self.sleep_spec is not None
+        try:
+            await self.sleep_spec.wake_up(self.base_url)
+        except SleepError as exc:
+            log.warning("%s: wake failed, restarting it: %s", self.id, exc)
+        else:
+            log.info("%s woke up", self.id)
+            return False
+        if self._handle is not None:
+            await self._reap(self._handle, self.unload_grace_s)
+        await self._launch_and_wait()
+        return True
 
     def check_startable(self) -> None:
         """Raise if no start may be attempted now: shutdown began, or the
@@ -296,7 +399,9 @@ class Upstream:
 
     # -- start ---------------------------------------------------------------------
 
-    def _begin_start(self) -> None:
+    def _begin_start(self, wake: bool = False) -> None:
+        if wake:
+            self._end_sleep()
         self._set_state(S.STARTING)
         self.failure = None
         self._ready = asyncio.get_running_loop().create_future()
@@ -306,14 +411,19 @@ class Upstream:
             lambda f: None if f.cancelled() else f.exception()
         )
         self._start_task = asyncio.create_task(
-            self._run_start(self._ready), name=f"start {self.id}"
+            self._run_start(self._ready, wake), name=f"start {self.id}"
         )
 
-    async def _run_start(self, ready: asyncio.Future[None]) -> None:
+    async def _run_start(self, ready: asyncio.Future[None], wake: bool) -> None:
         began = time.monotonic()
         failure: ControllerError
         try:
-            await self._launch_and_wait()
+            if wake and not await self._wake_or_restart():
+                pass  # awake with its state: nothing to restore
+            else:
+                if not wake:
+                    await self._launch_and_wait()
+                await self._restore_slots()  # before any request is granted
         except asyncio.CancelledError:
             _settle(
                 ready, ModelUnloaded(f"model {self.id} was unloaded while starting")
@@ -378,6 +488,8 @@ class Upstream:
             await self._reap(self._handle, 0)
 
     async def _launch_and_wait(self) -> None:
+        if self.slots is not None:
+            self.slots.prepare()
         try:
             self._handle = await self._backend.start(self.id, self.spec)
         except (BackendStartError, BackendUnavailable) as exc:
@@ -452,6 +564,14 @@ class Upstream:
 
     def _begin_stop(self, grace: float) -> None:
         start_task = self._start_task if self.state is S.STARTING else None
+        # A serving server's KV cache is worth keeping; a dead one has none.
+        save = (
+            self.slots is not None
+            and self.state in (S.READY, S.SLEEPING)
+            and self.stop_reason != "crash"
+        )
+        if self.state is S.SLEEPING:
+            self._end_sleep()
         if start_task is not None:
             # At once, not when the stop task first runs: a start that is
             # about to resume must not mark the model ready or failed.
@@ -459,11 +579,11 @@ class Upstream:
         self._cancel_ttl()
         self._set_state(S.STOPPING)
         self._stop_task = asyncio.create_task(
-            self._run_stop(grace, start_task), name=f"stop {self.id}"
+            self._run_stop(grace, start_task, save), name=f"stop {self.id}"
         )
 
     async def _run_stop(
-        self, grace: float, start_task: asyncio.Task[None] | None
+        self, grace: float, start_task: asyncio.Task[None] | None, save: bool
     ) -> None:
         # However the backend fails, the stop ends: STOPPED, or FAILED when
         # the server died on its own while idle (the reason is kept).
@@ -471,6 +591,8 @@ class Upstream:
             if start_task is not None:
                 start_task.cancel()
                 await asyncio.wait([start_task])
+            if save:
+                await self._save_slots()
             if self._handle is not None:
                 info = await self._reap(self._handle, grace)
                 log.info("%s stopped (%s)", self.id, info.describe())
@@ -511,6 +633,37 @@ class Upstream:
             self._handle = None
         return info
 
+    # -- KV slots ------------------------------------------------------------------
+
+    async def _save_slots(self) -> None:
+        assert self.slots is not None
+        self._report_slots(await self.slots.save(self.spec.base_url))
+
+    async def _restore_slots(self) -> None:
+        if self.slots is not None:
+            self._report_slots(await self.slots.restore(self.spec.base_url))
+
+    def _report_slots(self, report: SlotReport) -> None:
+        if report.error:
+            log.warning(
+                "%s: slot %s failed (the model still serves): %s",
+                self.id,
+                report.action,
+                report.error,
+            )
+        elif report.count:
+            log.info(
+                "%s: %s %d slot(s), %d tokens, %d bytes in %.3f s",
+                self.id,
+                "saved" if report.action == "save" else "restored",
+                report.count,
+                report.tokens,
+                report.bytes,
+                report.seconds,
+            )
+        if self._on_slots is not None and (report.count or report.error):
+            self._on_slots(self.id, report)
+
     # -- output and unexpected exits --------------------------------------------------
 
     async def _pump_logs(self, handle: Handle) -> None:
@@ -550,7 +703,7 @@ class Upstream:
         Mid-request it ends STOPPED (the request already failed with the
         reason); while idle it ends FAILED, with its exit and last log lines,
         so listings, eviction and the next request see the truth."""
-        if self.state is not S.READY or self._handle is not handle:
+        if self.state not in (S.READY, S.SLEEPING) or self._handle is not handle:
             return
         log.warning("%s upstream process exited unexpectedly", self.id)
         self.stop_reason = "crash"

@@ -28,7 +28,7 @@ _RENDERED = ("architecture", "capabilities", "supported_parameters", "context_le
 
 def model_records(
     config: Config,
-    loaded: Callable[[str], bool],
+    status: Callable[[str], str],
     now: int,
     active_pins: dict[str, str | None] | None = None,
     quarantined: Mapping[str, Quarantine] | None = None,
@@ -38,19 +38,19 @@ def model_records(
     for mid, model in config.models.items():
         if model.unlisted:
             continue
-        record = local_record(mid, model, loaded(mid), now)
+        record = local_record(mid, model, status(mid), now)
         q = (quarantined or {}).get(mid)
         if q is not None:
             record["meta"]["llamaswap"]["quarantine"] = quarantine_json(q)
         records.append(record)
         if config.include_aliases_in_list:
             records.extend(
-                _alias_record(alias, mid, model, loaded(mid), now)
+                _alias_record(alias, mid, model, status(mid), now)
                 for alias in aliases_of(mid, model)
             )
     for sid, sel in config.selectors.items():
         if not sel.unlisted:
-            records.append(_selector_record(sid, config, loaded, now))
+            records.append(_selector_record(sid, config, status, now))
     records.extend(
         _peer_record(pid, name, now)
         for pid, peer in config.peers.items()
@@ -77,13 +77,12 @@ def _base(record_id: str, now: int) -> dict[str, Any]:
     return {"id": record_id, "object": "model", "created": now, "owned_by": SRC}
 
 
-def _status(loaded: bool) -> dict[str, str]:
-    return {"value": "loaded" if loaded else "unloaded"}
+def _status(value: str) -> dict[str, str]:
+    """``loaded``, ``sleeping`` or ``unloaded``."""
+    return {"value": value}
 
 
-def local_record(
-    mid: str, model: ModelConfig, loaded: bool, now: int
-) -> dict[str, Any]:
+def local_record(mid: str, model: ModelConfig, status: str, now: int) -> dict[str, Any]:
     record = _base(mid, now)
     if model.name.strip():
         record["name"] = model.name.strip()
@@ -101,21 +100,21 @@ def local_record(
     record["meta"] = {"llamaswap": meta}
     if caps.context > 0:
         record["meta"]["n_ctx"] = caps.context
-    record["status"] = _status(loaded)
+    record["status"] = _status(status)
     return record
 
 
 def _alias_record(
-    alias: str, mid: str, model: ModelConfig, loaded: bool, now: int
+    alias: str, mid: str, model: ModelConfig, status: str, now: int
 ) -> dict[str, Any]:
-    record = local_record(mid, model, loaded, now)
+    record = local_record(mid, model, status, now)
     record["id"] = alias
     record["meta"]["llamaswap"] = {"type": "alias", "modelID": mid}
     return record
 
 
 def _selector_record(
-    sid: str, config: Config, loaded: Callable[[str], bool], now: int
+    sid: str, config: Config, status: Callable[[str], str], now: int
 ) -> dict[str, Any]:
     sel = config.selectors[sid]
     record = _base(sid, now)
@@ -132,7 +131,8 @@ def _selector_record(
     record["meta"] = {"llamaswap": meta}
     targets = sel.targets[:1] if sel.strategy == "pin" else sel.targets
     local = [config.resolve(t) for t in targets]
-    record["status"] = _status(any(m is not None and loaded(m) for m in local))
+    up = any(m is not None and status(m) == "loaded" for m in local)
+    record["status"] = _status("loaded" if up else "unloaded")
     return record
 
 
@@ -140,7 +140,7 @@ def _peer_record(pid: str, name: str, now: int) -> dict[str, Any]:
     record = _base(f"{pid}/{name}", now)
     record["name"] = f"{pid}: {name}"
     record["meta"] = {"llamaswap": {"type": "peer", "peerID": pid}}
-    record["status"] = _status(False)
+    record["status"] = _status("unloaded")
     return record
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from controller import __version__
+from controller.engine.states import UpstreamState
 from controller.errors import BadRequest, NotFound
 from controller.http.keys import EVENTS, NAMES, RUNTIME
 from controller.http.model_list import model_records, model_status, quarantine_json
@@ -21,7 +22,7 @@ async def list_models(request: web.Request) -> web.Response:
     status = rt.router.status()
     records = model_records(
         rt.config,
-        lambda m: status[m].running,
+        lambda m: status[m].listed_state,
         int(time.time()),
         request.app[NAMES].profiles.pins(),
         {m: s.quarantine for m, s in status.items() if s.quarantine is not None},
@@ -36,10 +37,12 @@ async def list_models(request: web.Request) -> web.Response:
 async def running(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     out = []
+    saved = rt.router.saved_slots()
     for mid, upstream in sorted(rt.router.status().items()):
-        # Quarantined models are listed too: they hold nothing, but an
-        # operator looking at what runs needs to see what cannot.
-        if not upstream.running and upstream.quarantine is None:
+        # Sleeping and quarantined models are listed too: they hold no
+        # accelerator memory, but an operator needs to see them.
+        asleep = upstream.state is UpstreamState.SLEEPING
+        if not upstream.running and upstream.quarantine is None and not asleep:
             continue
         model = rt.config.models[mid]
         entry: dict[str, Any] = {
@@ -54,6 +57,12 @@ async def running(request: web.Request) -> web.Response:
         }
         if upstream.quarantine is not None:
             entry["quarantine"] = quarantine_json(upstream.quarantine)
+        if (slots := saved.get(mid)) is not None:
+            entry["slots"] = {
+                "count": slots.count,
+                "tokens": slots.tokens,
+                "bytes": slots.bytes,
+            }
         out.append(entry)
     return web.json_response({"running": out})
 

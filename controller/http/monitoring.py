@@ -178,6 +178,8 @@ def _refresh_gauges(request: web.Request) -> Metrics:
         metrics.in_flight(mid, now.in_flight)
         q = now.quarantine
         metrics.quarantined(mid, q.until - wall if q is not None else 0.0)
+        asleep = now.asleep_since
+        metrics.asleep(mid, wall - asleep if asleep is not None else 0.0)
     for gone in metrics.models() - status.keys():
         metrics.forget_model(gone)
     return metrics

@@ -93,6 +93,7 @@ def connect_runtime(app: web.Application) -> None:
 
     rt.router.state_listeners.append(on_change)
     rt.router.swap_listeners.append(metrics.swap_done)
+    rt.router.slot_listeners.append(metrics.slots)
     rt.router.grant_listeners.append(metrics.queue_wait)
     for mid, now in rt.router.status().items():
         metrics.state_changed(mid, now.state.value)

@@ -23,7 +23,10 @@ Series (all prefixed ``swapvisor_``):
 * ``evictions_total{model,reason}`` (reason: swap, ttl, unload, reload,
   shutdown), ``model_state{model,state}`` (1 for the current state, 0 for the
   other four of stopped, starting, ready, stopping, failed),
-  ``model_quarantined_seconds{model}`` (time left in a crash-loop quarantine);
+  ``model_quarantined_seconds{model}`` (time left in a crash-loop quarantine),
+  ``model_asleep_seconds{model}`` (time asleep);
+* ``slot_operations_total{model,action,outcome}``, ``slot_bytes_total{model,
+  action}``, ``slot_restore_seconds{model}`` (keepSlots saves and restores);
 * host: ``cpu_util_percent``, ``cpu_core_util_percent{core}``,
   ``memory_{total,used,available}_bytes``, ``swap_{total,used}_bytes``,
   ``load_average{interval="1m"|"5m"|"15m"}``,
@@ -62,6 +65,7 @@ from controller.observability.perf import SystemSampler
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping
 
+    from controller.engine.slots import SlotReport
     from controller.observability.gpu import GpuProbe, GpuSample
     from controller.observability.perf import SysSample
 
@@ -212,6 +216,31 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self._asleep = Gauge(
+            "swapvisor_model_asleep_seconds",
+            "Seconds the model has been asleep (0: awake or stopped)",
+            ["model"],
+            registry=r,
+        )
+        self._slot_ops = Counter(
+            "swapvisor_slot_operations",
+            "KV slot saves and restores (keepSlots), by outcome",
+            ["model", "action", "outcome"],
+            registry=r,
+        )
+        self._slot_bytes = Counter(
+            "swapvisor_slot_bytes",
+            "Bytes of KV cache saved or restored",
+            ["model", "action"],
+            registry=r,
+        )
+        self._slot_seconds = Histogram(
+            "swapvisor_slot_restore_seconds",
+            "Time to restore a model's saved KV slots",
+            ["model"],
+            buckets=QUEUE_BUCKETS,
+            registry=r,
+        )
         self._gauged: set[str] = set()  # models with state/in-flight gauges
 
     # --- events ---------------------------------------------------------
@@ -283,6 +312,18 @@ class Metrics:
         self._gauged.add(model)
         self._quarantined.labels(model).set(max(0.0, seconds_left))
 
+    def asleep(self, model: str, seconds: float) -> None:
+        self._gauged.add(model)
+        self._asleep.labels(model).set(max(0.0, seconds))
+
+    def slots(self, model: str, report: SlotReport) -> None:
+        """One keepSlots save or restore (``controller.engine.slots``)."""
+        outcome = "error" if report.error else "ok"
+        self._slot_ops.labels(model, report.action, outcome).inc()
+        self._slot_bytes.labels(model, report.action).inc(report.bytes)
+        if report.action == "restore" and not report.error and report.count:
+            self._slot_seconds.labels(model).observe(report.seconds)
+
     def models(self) -> set[str]:
         """The models that have state or in-flight gauges now."""
         return set(self._gauged)
@@ -295,6 +336,7 @@ class Metrics:
         ]
         series.append((self._in_flight, (model,)))
         series.append((self._quarantined, (model,)))
+        series.append((self._asleep, (model,)))
         self._gauged.discard(model)
         for gauge, labels in series:
             with contextlib.suppress(KeyError):  # older clients raise if absent

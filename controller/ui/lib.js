@@ -177,7 +177,7 @@ export function fmtTime(ts) {
 
 const STATES = {
   ready: 'ok', starting: 'busy', stopping: 'busy', stopped: 'idle',
-  failed: 'bad', shutdown: 'bad', peer: 'idle',
+  sleeping: 'asleep', failed: 'bad', shutdown: 'bad', peer: 'idle',
 };
 
 /** A coloured dot plus the state's word: readable by colour and by text. */

@@ -156,12 +156,14 @@ function updateAction(card) {
   let text, aria, disabled = false, kind = 'primary';
   if (p?.kind === 'unload') {
     text = 'Unloading…'; aria = `Unloading ${label}`; disabled = true; kind = 'secondary';
-  } else if (p?.kind === 'load' && (model.state === 'stopped' || model.state === 'starting' || model.state === 'failed')) {
+  } else if (p?.kind === 'load' && ['stopped', 'starting', 'failed', 'sleeping'].includes(model.state)) {
     text = 'Cancel load'; aria = `Cancel loading ${label}`; kind = 'secondary';
   } else if (model.state === 'starting') {
     text = 'Stop'; aria = `Stop loading ${label}`; kind = 'secondary';
   } else if (model.state === 'ready') {
     text = 'Unload'; aria = `Unload ${label}`; kind = 'secondary';
+  } else if (model.state === 'sleeping') {
+    text = 'Wake'; aria = `Wake ${label} (asleep: its memory is released)`;
   } else if (model.state === 'stopping') {
     text = 'Stopping…'; aria = `${label} is stopping`; disabled = true; kind = 'secondary';
   } else {
@@ -198,7 +200,7 @@ function onAction(card) {
   if (p?.kind === 'load') {
     p.controller.abort();
     unloadModel(model);
-  } else if (model.state === 'stopped' || model.state === 'failed') {
+  } else if (model.state === 'stopped' || model.state === 'failed' || model.state === 'sleeping') {
     loadModel(model);
   } else if (model.state === 'starting' || model.state === 'ready') {
     unloadModel(model);
