@@ -36,7 +36,7 @@ LLM = "python -m launchers.smollm2 --port ${PORT} --ctx 4096 --parallel 1"
 # Long enough that a full prefill is plainly visible in timings.prompt_n.
 DOCUMENT = " ".join(
     f"Fact {i}: the river number {i} flows through valley {i * 7 % 13}."
-    for i in range(60)
+    for i in range(35)
 )
 
 
@@ -110,7 +110,7 @@ def test_the_conversation_continues_from_the_restored_cache(
 ) -> None:
     sv = start()
     first = ask(sv, "Which valley does river 5 flow through?")
-    assert first["prompt_n"] > 500  # the whole document was prefilled
+    assert first["prompt_n"] > 300  # the whole document was prefilled
     swap_away_and_back(sv)  # chat stops: its slot is saved
     assert "saved 1 slot(s)" in sv.output()
     again = ask(sv, "Which valley does river 5 flow through?")
@@ -118,7 +118,7 @@ def test_the_conversation_continues_from_the_restored_cache(
     assert again["prompt_n"] <= 5, again  # a cache hit, not a re-prefill
     running = json.load(urllib.request.urlopen(sv.url + "/running", timeout=10))
     slots = next(r["slots"] for r in running["running"] if r["model"] == "chat")
-    assert slots["count"] == 1 and slots["tokens"] > 500 and slots["bytes"] > 0
+    assert slots["count"] == 1 and slots["tokens"] > 300 and slots["bytes"] > 0
     metrics = urllib.request.urlopen(sv.url + "/metrics", timeout=10).read().decode()
     assert (
         'swapvisor_slot_operations_total{action="restore",model="chat",outcome="ok"} 1.0'
@@ -133,7 +133,7 @@ def test_without_keep_slots_the_follow_up_is_a_full_prefill(
     ask(sv, "Which valley does river 5 flow through?")
     swap_away_and_back(sv)
     again = ask(sv, "Which valley does river 5 flow through?")
-    assert again["prompt_n"] > 500
+    assert again["prompt_n"] > 300
 
 
 def test_a_corrupt_slot_file_is_logged_and_the_model_still_serves(
@@ -146,7 +146,7 @@ def test_a_corrupt_slot_file_is_logged_and_the_model_still_serves(
         path.write_bytes(b"garbage")
     again = ask(sv, "Which valley does river 5 flow through?")
     assert "slot restore failed (the model still serves)" in sv.output()
-    assert again["prompt_n"] > 500
+    assert again["prompt_n"] > 300
 
 
 def test_a_server_without_slots_is_logged_and_still_serves(
