@@ -201,7 +201,7 @@ class Upstream:
             if self.state is not S.STARTING:
                 self.check_startable()
                 if self.state is S.SLEEPING:
-                    self._begin_start(wake=True)
+                    self._begin_wake()
                 else:
                     self._begin_start()
             assert self._ready is not None
@@ -399,9 +399,14 @@ class Upstream:
 
     # -- start ---------------------------------------------------------------------
 
-    def _begin_start(self, wake: bool = False) -> None:
-        if wake:
-            self._end_sleep()
+    def _begin_start(self) -> None:
+        self._launch_task(wake=False)
+
+    def _begin_wake(self) -> None:
+        self._end_sleep()
+        self._launch_task(wake=True)
+
+    def _launch_task(self, *, wake: bool) -> None:
         self._set_state(S.STARTING)
         self.failure = None
         self._ready = asyncio.get_running_loop().create_future()
