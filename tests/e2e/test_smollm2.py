@@ -78,18 +78,19 @@ def _argv(pid: int) -> list[str]:
         return []
 
 
-def _tail(pid: int) -> list[str]:
-    """``--alias X [--embedding]`` as a list, e.g. ``['smollm2-embed', '--embedding']``."""
+def _role(pid: int) -> tuple[str, bool]:
+    """The launcher's ``--alias`` and whether it serves embeddings."""
     argv = _argv(pid)
-    return argv[argv.index("--alias") + 1 :] if "--alias" in argv else []
+    alias = argv[argv.index("--alias") + 1] if "--alias" in argv else ""
+    return alias, "--embedding" in argv
 
 
 def chat_pids(smol: Smol) -> list[int]:
-    return [p for p in smol.pids() if _tail(p) == ["smollm2"]]
+    return [p for p in smol.pids() if _role(p) == ("smollm2", False)]
 
 
 def embed_pids(smol: Smol) -> list[int]:
-    return [p for p in smol.pids() if _tail(p) == ["smollm2-embed", "--embedding"]]
+    return [p for p in smol.pids() if _role(p) == ("smollm2-embed", True)]
 
 
 @pytest.fixture
