@@ -14,6 +14,8 @@ from urllib.parse import parse_qsl, urlencode
 
 from controller.errors import BadRequest
 
+TOO_DEEP = "the JSON request body nests too deeply to read"
+
 
 @dataclass(frozen=True, slots=True)
 class ModelRequest:
@@ -60,8 +62,17 @@ def _from_query(query: dict[str, str]) -> ModelRequest:
 
 
 def _from_json(body: bytes) -> ModelRequest:
+    found = scan_model(body)
+    if found is None:  # the parser reads what the scan cannot, or says what is wrong
+        return _from_tree(body)
+    return _require(*found, "json", "a 'model' field in the JSON body")
+
+
+def _from_tree(body: bytes) -> ModelRequest:
     try:
         data = json.loads(body)
+    except RecursionError as exc:
+        raise BadRequest(TOO_DEEP) from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"invalid JSON in request body: {exc}") from exc
     if not isinstance(data, dict):
@@ -85,7 +96,7 @@ def rewrite_model(
 ) -> tuple[bytes, str | None]:
     """The body (and, for GET, the new query string) with the model replaced."""
     if req.kind == "json":
-        return replace_json_field(body, "model", new), None
+        return replace_json_model(body, new), None
     if req.kind == "multipart":
         return replace_multipart_field(content_type, body, "model", new), None
     if req.kind == "form":
@@ -96,15 +107,22 @@ def rewrite_model(
     return body, urlencode({**query, "model": new})
 
 
-def replace_json_field(body: bytes, key: str, value: str) -> bytes:
-    """Replace one top-level string field's value, leaving every other byte as is.
+def replace_json_model(body: bytes, value: str) -> bytes:
+    """Replace the top-level "model" string, leaving every other byte as is.
 
     Re-serialising would change numbers, escapes and spacing the upstream may
     care about (llama-swap edits in place too, with sjson).
     """
-    text = body.decode("utf-8")
-    start, end = _top_level_value_span(text, key)
-    return (text[:start] + json.dumps(value, ensure_ascii=False) + text[end:]).encode()
+    new = json.dumps(value, ensure_ascii=False)
+    match = _scan(body)
+    if match is not None and match.start(1) >= 0:
+        return body[: match.start(1)] + new.encode() + body[match.end(1) :]
+    try:
+        text = body.decode("utf-8")
+        start, end = _top_level_value_span(text, "model")
+    except (ValueError, RecursionError) as exc:  # a BOM, UTF-16: JSON but not ours
+        raise BadRequest(f"cannot rewrite the model in this JSON body: {exc}") from exc
+    return (text[:start] + new + text[end:]).encode()
 
 
 def _skip_ws(text: str, pos: int) -> int:
@@ -114,7 +132,8 @@ def _skip_ws(text: str, pos: int) -> int:
 
 
 def _top_level_value_span(text: str, key: str) -> tuple[int, int]:
-    """Where the value of ``key`` in a top-level JSON object starts and ends.
+    """Where the value of ``key`` in a top-level JSON object starts and ends,
+    for what the scan leaves to the parser (escaped keys, deep values).
 
     The last occurrence wins, as in json.loads. The text is known to parse.
     """
@@ -135,6 +154,83 @@ def _top_level_value_span(text: str, key: str) -> tuple[int, int]:
 
 
 _DECODER = json.JSONDecoder()
+
+
+# -- the scan: the top-level object in one regex match, no tree --------------------
+#
+# Nested values are skipped, not checked: only their brackets must balance
+# (of any kind) and their strings end where JSON's do; the upstream reads them.
+# The last "model" and "stream" members win, as in json.loads (group captures
+# keep the last repetition). Anything else goes to the parser: keys with
+# escapes (one might spell "model"), values nested deeper than SCAN_DEPTH, a
+# BOM, invalid UTF-8 and malformed bodies.
+
+SCAN_DEPTH = 16
+_WS = rb"[ \t\n\r]*+"
+# Tried in turn: a string with no escaped quote; one whose escaped quotes have
+# a single backslash; any. A two-byte class ([^"\\]) scans several times slower
+# than [^"], so the exact pattern is the last resort.
+_STRING = (
+    rb'(?:"[^"]*+(?<!\\)"'
+    rb'|"(?:[^"]*+(?<=[^\\]\\)")*+[^"]*+(?<!\\)"'
+    rb'|"[^"\\]*+(?:\\.[^"\\]*+)*+")'
+)
+_SCALAR = (
+    _STRING
+    + rb"|-?(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?+(?:[eE][+-]?[0-9]++)?+"
+    + rb"|true|false|null|NaN|-?Infinity"
+)
+_OTHER = rb'[^"\[\]{}]*+'  # numbers, literals, commas, colons: not checked
+
+
+def _nested(depth: int) -> bytes:
+    """An array or object nested at most ``depth`` deep."""
+    pattern = rb"[\[{]" + _OTHER + rb"(?:" + _STRING + _OTHER + rb")*+[\]}]"
+    for _ in range(depth - 1):
+        item = rb"(?:" + _STRING + rb"|" + pattern + rb")"
+        pattern = rb"[\[{]" + _OTHER + rb"(?:" + item + _OTHER + rb")*+[\]}]"
+    return pattern
+
+
+def _member(key: bytes, value: bytes) -> bytes:
+    return key + _WS + rb":" + _WS + value
+
+
+_VALUE = rb"(?:" + _SCALAR + rb"|" + _nested(SCAN_DEPTH) + rb")"
+_MEMBER = b"|".join(
+    (
+        _member(rb'"model"', rb"(" + _VALUE + rb")"),
+        _member(rb'"stream"', rb"(" + _VALUE + rb")"),
+        _member(rb'"[^"\\]*+"', _VALUE),
+    )
+)
+# A member, then a comma and the next key or the closing brace.
+_ONE = (
+    rb"(?:(?:" + _MEMBER + rb")" + _WS + rb'(?:,(?=[ \t\n\r]*+")|(?=\}))' + _WS + rb")"
+)
+_TOP = re.compile(_WS + rb"\{" + _WS + _ONE + rb"*+\}" + _WS + rb"\Z", re.DOTALL)
+
+
+def _scan(body: bytes) -> re.Match[bytes] | None:
+    if not body.isascii():
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return _TOP.match(body)
+
+
+def scan_model(body: bytes) -> tuple[str, bool] | None:
+    """The top-level "model" string and whether "stream" is true, read without
+    a tree; None where the scan leaves it to the parser (see above)."""
+    match = _scan(body)
+    if match is None or match.start(1) < 0 or body[match.start(1)] != ord('"'):
+        return None
+    try:  # strictly, as the parser would: escapes, control characters
+        model: str = json.loads(match.group(1))
+    except ValueError:
+        return None
+    return model, match.group(2) == b"true"
 
 
 # -- multipart, just enough to read and replace small text fields ------------------

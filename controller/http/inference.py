@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import hdrs, web
 
@@ -29,9 +29,10 @@ from controller.http.proxy import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Mapping
 
     from controller.config.model import Config, ModelConfig
+    from controller.config.sections import Filters
     from controller.engine.router import Admission
     from controller.engine.runtime import Runtime
     from controller.engine.upstream import Upstream
@@ -122,15 +123,7 @@ async def _local(
 ) -> web.StreamResponse:
     model = rt.config.models[model_id]
     body, query = _rename(request, wanted, body, model.use_model_name or name)
-    if _is_json(request):
-        body = apply_filters(
-            body,
-            use_model_name="",
-            strip=model.filters.strip(),
-            set_params=model.filters.set_params,
-            set_params_by_id=model.filters.set_params_by_id,
-            requested_id=name,
-        )
+    body = _filtered(request, body, model.filters, model.filters.set_params_by_id, name)
     path = upstream_path(request.path) + (f"?{query}" if query else "")
     admission = rt.router.admit(model_id)
     try:
@@ -195,19 +188,22 @@ async def _with_loading_state(
     stream = await LoadingStream.open(request, model_id, admission.position)
     try:
         upstream = await admission.granted()
+        await stream.finish()
+        route = local_route(
+            rt.config, rt.config.models[model_id], upstream, path, request.path, rec
+        )
+        return await request.app[PROXY].forward(
+            request, route, body or None, into=stream.response
+        )
     except ControllerError as exc:
+        # The 200 has been sent: a failed load, or one after it (no response
+        # headers in time, a dropped connection), can only end the stream. The
+        # error middleware would write a second response into this one.
         if rec is not None:
             rec.failed(exc.status, exc.message)
         return await stream.fail(openai_sse_error(exc.message, exc.code or "error"))
     finally:
         await stream.aclose()
-    await stream.finish()
-    route = local_route(
-        rt.config, rt.config.models[model_id], upstream, path, request.path, rec
-    )
-    return await request.app[PROXY].forward(
-        request, route, body or None, into=stream.response
-    )
 
 
 # -- peers -----------------------------------------------------------------------------
@@ -224,15 +220,7 @@ async def _peer(
     pid, peer_model = peer
     cfg = rt.config.peers[pid]
     body, query = _rename(request, wanted, body, peer_model)
-    if _is_json(request):
-        body = apply_filters(
-            body,
-            use_model_name="",
-            strip=cfg.filters.strip(),
-            set_params=cfg.filters.set_params,
-            set_params_by_id={},
-            requested_id=peer_model,
-        )
+    body = _filtered(request, body, cfg.filters, {}, peer_model)
     path = upstream_path(request.path) + (f"?{query}" if query else "")
     route = peer_route(rt.config, pid, path, request.path)
     return await request.app[PROXY].forward(
@@ -269,6 +257,26 @@ def _ctype(request: web.Request) -> str:
 
 def _is_json(request: web.Request) -> bool:
     return "application/json" in _ctype(request).lower()
+
+
+def _filtered(
+    request: web.Request,
+    body: bytes,
+    filters: Filters,
+    by_id: Mapping[str, Mapping[str, Any]],
+    requested: str,
+) -> bytes:
+    """A JSON body with a model's or peer's filters applied."""
+    if not _is_json(request):
+        return body
+    return apply_filters(
+        body,
+        use_model_name="",
+        strip=filters.strip(),
+        set_params=filters.set_params,
+        set_params_by_id=by_id,
+        requested_id=requested,
+    )
 
 
 def _rename(

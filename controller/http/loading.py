@@ -3,12 +3,14 @@ client as ``reasoning_content`` chunks (llama-swap.md §3.6).
 
 The format matches llama-swap's so UIs that strip the block between the
 ``━━━━━`` markers keep working. Unlike llama-swap, a failed load ends the
-stream with a well-formed SSE error event, never raw JSON.
+stream with a well-formed SSE error event, never raw JSON, and so does a
+failure after it (the 200 is gone by then).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from typing import TYPE_CHECKING
@@ -41,6 +43,7 @@ class LoadingStream:
         self._position = position
         self._began = time.monotonic()
         self._ticker: asyncio.Task[None] | None = None
+        self._done = False  # the loading block is closed
 
     @classmethod
     async def open(
@@ -56,7 +59,7 @@ class LoadingStream:
         )
         await response.prepare(request)
         stream = cls(response, model_id, position)
-        await response.write(
+        await stream._write(
             reasoning_chunk(f"{MARKER}\nswapvisor loading model: {model_id}\n")
         )
         stream._ticker = asyncio.create_task(stream._tick())
@@ -76,7 +79,13 @@ class LoadingStream:
             else:
                 text = "."
             last_position = position
-            await self._response.write(reasoning_chunk(text))
+            await self._write(reasoning_chunk(text))
+
+    async def _write(self, data: bytes) -> None:
+        # A client that has left is told nothing more; the proxy says so in
+        # the log when it relays the answer.
+        with contextlib.suppress(ConnectionError):
+            await self._response.write(data)
 
     async def _stop_ticker(self) -> None:
         if self._ticker is not None:
@@ -87,17 +96,20 @@ class LoadingStream:
     async def finish(self) -> None:
         """The model is ready: close the block; the upstream's stream follows."""
         await self._stop_ticker()
+        self._done = True
         elapsed = time.monotonic() - self._began
-        await self._response.write(
-            reasoning_chunk(f"\nDone! ({elapsed:.2f}s)\n{MARKER}\n ")
-        )
+        await self._write(reasoning_chunk(f"\nDone! ({elapsed:.2f}s)\n{MARKER}\n "))
 
     async def fail(self, sse_error: bytes) -> web.StreamResponse:
-        """The load failed: end the stream with a well-formed error event."""
+        """End the stream with a well-formed error event: a failed load closes
+        the block first; a failure after ``finish`` follows what was sent."""
         await self._stop_ticker()
-        await self._response.write(reasoning_chunk(f"\nFailed.\n{MARKER}\n "))
-        await self._response.write(sse_error)
-        await self._response.write_eof()
+        if not self._done:
+            self._done = True
+            await self._write(reasoning_chunk(f"\nFailed.\n{MARKER}\n "))
+        await self._write(sse_error)
+        with contextlib.suppress(ConnectionError):
+            await self._response.write_eof()
         return self._response
 
     async def aclose(self) -> None:

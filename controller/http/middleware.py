@@ -1,6 +1,7 @@
 """The middlewares the route table declares, outermost first: CORS preflight,
-error rendering (every ``ControllerError`` in the client's own shape), and API
-key checks (routes the table marks open are exempt).
+error rendering (every ``ControllerError`` in the client's own shape; a request
+body that cannot be decoded or nests too deeply is a 400), and API key checks
+(routes the table marks open are exempt).
 """
 
 from __future__ import annotations
@@ -8,14 +9,18 @@ from __future__ import annotations
 import base64
 import hmac
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from aiohttp import hdrs, web
 
 from controller.dispatch.endpoints import is_anthropic
+from controller.dispatch.request import TOO_DEEP
 from controller.errors import SRC, ControllerError, anthropic_body, openai_body
 from controller.http.keys import OPEN_ROUTES, RUNTIME
+from controller.http.proxy import decoded_body
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+R = TypeVar("R", bound=web.StreamResponse)
 _CORS_DEFAULT_HEADERS = "Content-Type, Authorization, Accept, X-Requested-With"
 
 
@@ -26,7 +31,7 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     wanted = request.headers.get(hdrs.ACCESS_CONTROL_REQUEST_HEADERS, "")
     allowed = ", ".join(h.strip() for h in wanted.split(",") if _is_token(h.strip()))
-    return web.Response(
+    preflight = web.Response(
         status=204,
         headers={
             hdrs.ACCESS_CONTROL_ALLOW_ORIGIN: "*",
@@ -35,6 +40,7 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
             hdrs.ACCESS_CONTROL_MAX_AGE: "86400",
         },
     )
+    return await _rest_of_body(request, preflight)
 
 
 def _is_token(name: str) -> bool:
@@ -46,15 +52,73 @@ async def error_middleware(
     request: web.Request, handler: Handler
 ) -> web.StreamResponse:
     try:
-        return await handler(request)
+        response = await handler(request)
     except ControllerError as exc:
-        return render_error(
+        response = render_error(
             request, exc.status, exc.message, exc.code, exc.retry_after, exc.param
         )
     except web.HTTPException as exc:
         if exc.status < 400:
+            await _rest_of_body(request, exc)
             raise
-        return render_error(request, exc.status, exc.reason or "error", None, None)
+        response = render_error(request, exc.status, exc.reason or "error", None, None)
+    except web.RequestPayloadError as exc:
+        return _unreadable_body(request, exc)
+    except RecursionError:
+        # Only input nests deep enough for this: a JSON body parsed into a
+        # tree (the profile API, the filters). The client's fault, not ours.
+        response = render_error(request, 400, TOO_DEEP, None, None)
+    if request.content.is_eof():  # read, or none: the usual case
+        return response
+    return await _rest_of_body(request, response)
+
+
+def _unreadable_body(
+    request: web.Request, exc: web.RequestPayloadError
+) -> web.Response:
+    """A body aiohttp could not decode (a Content-Encoding that lies, broken
+    chunked framing) is the client's fault: a 400 saying why."""
+    root: BaseException = exc
+    seen = {id(root)}
+    while (inner := _inner(root)) is not None and id(inner) not in seen:
+        root = inner  # down to zlib's or the parser's own words
+        seen.add(id(root))
+    why = getattr(root, "message", None) or str(root)
+    encoding = request.headers.get(hdrs.CONTENT_ENCODING)
+    where = f" (Content-Encoding: {encoding})" if encoding else ""
+    response = render_error(
+        request, 400, f"cannot read the request body{where}: {why}", None, None
+    )
+    _stop_reading(request, response)
+    return response
+
+
+async def _rest_of_body(request: web.Request, response: R) -> R:
+    """Read what the handler left of a body aiohttp decodes. Otherwise aiohttp
+    reads it after the response (lingering close), and a decoding error there
+    is logged as an unhandled exception with its traceback."""
+    content = request.content
+    if content.is_eof() or not decoded_body(request):
+        return response
+    try:
+        while await content.readany():
+            pass
+    except (web.RequestPayloadError, ConnectionError):  # or the client has left
+        _stop_reading(request, response)
+    return response
+
+
+def _stop_reading(request: web.Request, response: web.StreamResponse) -> None:
+    # The rest of the body cannot be parsed: close the connection, and mark the
+    # body read so that aiohttp does not try again after the response.
+    response.force_close()
+    request.content.feed_eof()
+
+
+def _inner(exc: BaseException) -> BaseException | None:
+    if exc.__cause__ is not None or exc.__suppress_context__:
+        return exc.__cause__
+    return exc.__context__
 
 
 @web.middleware

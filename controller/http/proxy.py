@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
-from aiohttp import WSMsgType, web
+from aiohttp import WSMsgType, hdrs, web
 from multidict import CIMultiDict
 
 from controller.errors import SRC, UpstreamError
@@ -22,6 +23,7 @@ from controller.errors import SRC, UpstreamError
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 
+log = logging.getLogger("swapvisor.proxy")
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -39,6 +41,8 @@ HOP_BY_HOP = frozenset(
 WHOLE_BODY_MAX = 1 << 20
 DROP_REQUEST = HOP_BY_HOP | {"host", "content-length"}
 _DROP_RESPONSE = HOP_BY_HOP | {"content-length"}
+# aiohttp's server decodes request bodies sent with these (http_parser.py).
+_DECODED = frozenset({"gzip", "deflate", "br", "zstd"})
 # swapvisor's own API keys are not the upstream's business.
 CLIENT_KEYS = frozenset({"authorization", "x-api-key"})
 _WS_HEADERS = frozenset(
@@ -122,7 +126,7 @@ class Proxy:
         upstream = await self._open(request, route, body)
         async with upstream:
             if into is not None:
-                return await _append(upstream, into, route)
+                return await _append(request, upstream, into, route)
             return await _relay(request, upstream, route)
 
     async def _open(
@@ -150,10 +154,14 @@ class Proxy:
                 f"{route.header_timeout_s:g} s"
             ) from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(
-                f"{route.label} {route.url} did not answer: {_describe(exc)}"
-                + await _why(route)
-            ) from exc
+            if not isinstance(exc.__cause__, web.RequestPayloadError):
+                raise UpstreamError(
+                    f"{route.label} {route.url} did not answer: {_describe(exc)}"
+                    + await _why(route)
+                ) from exc
+            unreadable = exc.__cause__
+        # Not the upstream: the client's body could not be decoded (a 400).
+        raise unreadable
 
     async def websocket(
         self, request: web.Request, route: Route
@@ -225,24 +233,7 @@ async def _relay(
     if tap is not None:
         tap.headers(upstream.status, upstream.headers.items())
     await response.prepare(request)
-    try:
-        await _pump(upstream, response, tap)
-    except ClientGone:
-        return response  # nobody to tell; the upstream connection is released
-    except UpstreamLost as lost:
-        exc = lost.cause
-        message = (
-            f"{route.label} connection lost mid-response: {_describe(exc)}"
-            + await _why(route)
-        )
-        if not is_sse:
-            # A truncated body must not look complete: drop the connection.
-            if request.transport is not None:
-                request.transport.close()
-            raise UpstreamError(message) from exc
-        await response.write(route.sse_error(message))
-    await response.write_eof()
-    return response
+    return await _stream(request, upstream, response, route, is_sse)
 
 
 async def _relay_whole(
@@ -253,10 +244,7 @@ async def _relay_whole(
     try:
         body = await upstream.read()
     except (aiohttp.ClientError, OSError) as exc:
-        raise UpstreamError(
-            f"{route.label} connection lost mid-response: {_describe(exc)}"
-            + await _why(route)
-        ) from exc
+        raise UpstreamError(await _lost(route, exc)) from exc
     if route.tap is not None:
         route.tap.headers(upstream.status, upstream.headers.items())
         route.tap.chunk(body)
@@ -270,62 +258,104 @@ async def _relay_whole(
 
 
 async def _append(
-    upstream: aiohttp.ClientResponse, into: web.StreamResponse, route: Route
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    into: web.StreamResponse,
+    route: Route,
 ) -> web.StreamResponse:
     """Continue an already-started SSE response with the upstream's stream."""
-    tap = route.tap
-    if tap is not None:
-        tap.headers(upstream.status, upstream.headers.items())
-    if upstream.status != 200 or upstream.content_type != "text/event-stream":
-        # Headers are gone: say it inside the stream, well-formed.
+    if route.tap is not None:
+        route.tap.headers(upstream.status, upstream.headers.items())
+    if upstream.status == 200 and upstream.content_type == "text/event-stream":
+        return await _stream(request, upstream, into, route, is_sse=True)
+    # Headers are gone: say it inside the stream, well-formed.
+    try:
         text = (await upstream.read()).decode("utf-8", "replace")
-        await into.write(
-            route.sse_error(f"{route.label} answered {upstream.status}: {text[:2000]}")
-        )
+    except (aiohttp.ClientError, OSError) as exc:
+        error = await _lost(route, exc)
     else:
-        try:
-            await _pump(upstream, into, tap)
-        except ClientGone:
-            return into
-        except UpstreamLost as lost:
-            await into.write(
-                route.sse_error(
-                    f"{route.label} connection lost mid-response: "
-                    f"{_describe(lost.cause)}" + await _why(route)
-                )
-            )
-    await into.write_eof()
-    return into
+        error = f"{route.label} answered {upstream.status}: {text[:2000]}"
+    return await _end_with(request, into, route.sse_error(error))
 
 
-class UpstreamLost(Exception):
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-
-
-class ClientGone(Exception):
-    """The client hung up mid-response: not an error worth a traceback."""
-
-
-async def _pump(
-    upstream: aiohttp.ClientResponse, out: web.StreamResponse, tap: Tap | None
-) -> None:
-    """Copy the body chunk by chunk, telling upstream and client failures apart."""
+async def _stream(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    out: web.StreamResponse,
+    route: Route,
+    is_sse: bool,
+) -> web.StreamResponse:
+    """Copy the body into the started ``out`` chunk by chunk, then end it,
+    telling upstream and client failures apart."""
     chunks = upstream.content.iter_any()
+    tap = route.tap
     while True:
         try:
             chunk = await anext(chunks)
         except StopAsyncIteration:
-            return
+            break
         except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamLost(exc) from exc
+            return await _upstream_lost(request, out, route, exc, is_sse)
         if tap is not None:
             tap.chunk(chunk)
         try:
             await out.write(chunk)
-        except (ConnectionError, RuntimeError) as exc:  # closing transport
-            raise ClientGone from exc
+        except (ConnectionError, RuntimeError):  # closing transport
+            return _client_left(request, out)
+    try:
+        await out.write_eof()
+    except ConnectionError:
+        return _client_left(request, out)
+    return out
+
+
+async def _upstream_lost(
+    request: web.Request,
+    out: web.StreamResponse,
+    route: Route,
+    exc: BaseException,
+    is_sse: bool,
+) -> web.StreamResponse:
+    message = await _lost(route, exc)
+    if not is_sse:
+        # A truncated body must not look complete: drop the connection.
+        if request.transport is not None:
+            request.transport.close()
+        raise UpstreamError(message) from exc
+    return await _end_with(request, out, route.sse_error(message))
+
+
+async def _lost(route: Route, cause: BaseException) -> str:
+    return (
+        f"{route.label} connection lost mid-response: {_describe(cause)}"
+        + await _why(route)
+    )
+
+
+async def _end_with(
+    request: web.Request, response: web.StreamResponse, event: bytes
+) -> web.StreamResponse:
+    """End a started SSE response with an error event (if the client is still
+    there to read it)."""
+    try:
+        await response.write(event)
+        await response.write_eof()
+    except ConnectionError:
+        return _client_left(request, response)
+    return response
+
+
+def _client_left(
+    request: web.Request, response: web.StreamResponse
+) -> web.StreamResponse:
+    """The client hung up mid-response (some do as soon as they have read
+    ``data: [DONE]``): one line, not a traceback."""
+    log.info(
+        "%s %s: the client left before the response ended",
+        request.method,
+        request.path,
+    )
+    return response
 
 
 async def _why(route: Route) -> str:
@@ -340,15 +370,25 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def decoded_body(request: web.Request) -> bool:
+    """Whether aiohttp's server decodes this request's body as it reads it."""
+    encoding = request.headers.get(hdrs.CONTENT_ENCODING)
+    return encoding is not None and encoding.lower() in _DECODED
+
+
 def request_headers(
     request: web.Request, route: Route, body: bytes | AsyncIterable[bytes] | None
 ) -> CIMultiDict[str]:
+    drop = route.drop_headers
+    # aiohttp has decoded such a body: it goes on as it is now, unlabelled,
+    # and its length is no longer the client's.
+    decoded = decoded_body(request)
+    if decoded:
+        drop = drop | {"content-encoding"}
     headers = CIMultiDict(
-        (k, v)
-        for k, v in request.headers.items()
-        if k.lower() not in route.drop_headers
+        (k, v) for k, v in request.headers.items() if k.lower() not in drop
     )
-    if body is not None and not isinstance(body, bytes | bytearray):
+    if body is not None and not isinstance(body, bytes | bytearray) and not decoded:
         # A streamed body keeps the client's length rather than going chunked.
         if request.content_length is not None:
             headers["Content-Length"] = str(request.content_length)
