@@ -58,6 +58,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
+import yarl
+
 from backends.base import (
     BackendError,
     BackendStartError,
@@ -67,7 +69,9 @@ from backends.base import (
 )
 from backends.containers import (
     LABEL_INSTANCE,
+    LABEL_RUN,
     LOG_DRAIN_S,
+    RUN_ID,
     ExitLog,
     LogFeed,
     check_instance,
@@ -87,6 +91,10 @@ if TYPE_CHECKING:
     from backends.specs import ContainerSpec
 
 API_TIMEOUT_S = 60.0
+# An engine must answer a ping within this long before a start or a reap uses
+# it: one that accepts connections but never answers would otherwise hold
+# each call for API_TIMEOUT_S (a request's 503, swapvisor's start-up).
+PING_TIMEOUT_S = 5.0
 # After SIGKILL a container gets this long to be reported stopped; longer
 # means the engine hangs.
 WAIT_SLACK_S = 30.0
@@ -142,6 +150,7 @@ class Stopped:
 class Summary:
     id: str
     name: str
+    labels: dict[str, str]
 
     @classmethod
     def parse_list(cls, rows: object) -> list[Summary]:
@@ -149,7 +158,10 @@ class Summary:
         out: list[Summary] = []
         for row in rows if isinstance(rows, list) else []:
             names = row.get("Names") or [row.get("Id", "")]
-            out.append(cls(id=str(row["Id"]), name=str(names[0]).lstrip("/")))
+            labels = {str(k): str(v) for k, v in _dict(row.get("Labels")).items()}
+            out.append(
+                cls(id=str(row["Id"]), name=str(names[0]).lstrip("/"), labels=labels)
+            )
         return out
 
 
@@ -162,6 +174,11 @@ class Engine(Protocol):
     """
 
     where: str  # how messages name it: "Docker engine at unix:///…"
+
+    async def ping(self, timeout_s: float) -> None:
+        """Return once the engine answers; ``BackendUnavailable`` naming it
+        when it does not within ``timeout_s``."""
+        ...
 
     def create_request(
         self, spec: LaunchSpec, cspec: ContainerSpec, name: str, labels: dict[str, str]
@@ -301,10 +318,16 @@ class ContainerBackend(ABC):
     wins. ``engines`` lists further engines for ``reap_orphans`` to clean.
 
     Ownership: every container carries ``swapvisor.instance``/``model``/
-    ``config-hash`` labels, a stale container of this instance that holds the
-    wanted name is removed before creating, and stop always removes
+    ``config-hash``/``run`` labels, a stale container of this instance that
+    holds the wanted name is removed before creating, and stop always removes
     (llama-swap #130, #220: containers that outlived their model, and name
-    conflicts).
+    conflicts). All of it is per engine: each call goes to the engine the
+    model's spec names.
+
+    Engines may be other hosts (``tcp://``, ``ssh://``), down or hung: every
+    start and reap first pings its engine for at most ``ping_timeout_s``, so
+    an engine that never answers costs seconds, not ``api_timeout_s``, and an
+    engine that comes back is used again (a failed connect is retried).
     """
 
     kind: ClassVar[str]
@@ -316,14 +339,19 @@ class ContainerBackend(ABC):
         engine_url: str | None = None,
         engines: Iterable[str] = (),
         api_timeout_s: float = API_TIMEOUT_S,
+        ping_timeout_s: float = PING_TIMEOUT_S,
     ) -> None:
         self.instance = check_instance(instance)
         self._default_url = engine_url
         self._reap_urls: set[str | None] = {engine_url, *engines}
         self._timeout_s = api_timeout_s
+        self._ping_s = ping_timeout_s
         # One connecting task per URL, shared by concurrent callers; it
         # finishes even if they are cancelled, so no client is left unclosed.
         self._engines: dict[str | None, asyncio.Future[Engine]] = {}
+        # Set once an engine's reap is over; a start on that engine waits for
+        # it, so an orphan holding the model's port is gone before it binds.
+        self._reaped: dict[str | None, asyncio.Event] = {}
         self._containers: dict[str, _Container] = {}
         self._exits = ExitLog()
         self._probe = HttpProbe()
@@ -331,22 +359,40 @@ class ContainerBackend(ABC):
 
     @abstractmethod
     async def _connect(self, url: str | None, timeout_s: float) -> Engine:
-        """Build this backend's adapter for ``url`` (None: its default)."""
+        """Build this backend's adapter for ``url`` (None: its default);
+        ``timeout_s`` bounds any call the building makes."""
 
     async def _engine(self, url: str | None) -> Engine:
-        url = url or self._default_url
+        """The engine at ``url``, connected and answering a ping."""
         connecting = self._engines.get(url)
         if connecting is None or _failed(connecting):
             # First use, or the engine was unreachable last time: try again.
-            connecting = asyncio.ensure_future(self._connect(url, self._timeout_s))
+            connecting = asyncio.ensure_future(self._connect(url, self._ping_s))
             self._engines[url] = connecting
         engine = await asyncio.shield(connecting)
+        # Every time, not only at connect: an engine may hang or go away
+        # after it connected (a remote host, a daemon restarting).
+        await engine.ping(self._ping_s)
         self._reap_urls.add(url)
         return engine
 
+    async def check_engine(self, spec: LaunchSpec) -> None:
+        """Raise ``BackendUnavailable`` naming the spec's engine unless it
+        answers a ping within ``ping_timeout_s``; for a caller about to act
+        (stop other models) for a start that cannot happen. Never starts
+        anything."""
+        cspec = container_spec(spec, self.kind)
+        await self._engine(cspec.engine_url or self._default_url)
+
     async def start(self, model: str, spec: LaunchSpec) -> Handle:
         cspec = container_spec(spec, self.kind)
-        engine = await self._engine(cspec.engine_url)
+        url = cspec.engine_url or self._default_url
+        # Connect first: a start during a reap shares the reap's connect, and
+        # so its failure, rather than waiting for it and then trying anew.
+        engine = await self._engine(url)
+        reaping = self._reaped.get(url)
+        if reaping is not None:
+            await reaping.wait()
         # Nothing exists yet while the image is checked or pulled, so a
         # cancellation here needs no cleanup.
         await self._ensure_image(engine, cspec)
@@ -500,7 +546,10 @@ class ContainerBackend(ABC):
         """Return once the container has stopped; never raises for that.
 
         For ``controller.upstream``'s exit watch; an engine that drops the
-        call is asked again.
+        call is asked again. While the engine cannot be reached, a server that
+        no longer accepts connections counts as stopped: its engine may have
+        taken it down on the way (a daemon stopping), and the model must not
+        stay ready with nothing behind it until the engine is back.
         """
         rec = self._containers.get(handle.ref)
         if rec is None:
@@ -513,6 +562,10 @@ class ContainerBackend(ABC):
                 state = await rec.engine.inspect(rec.ref)
                 if state is None or not state.running:
                     return
+            except BackendUnavailable:
+                if not await _listening(handle.base_url, self._ping_s):
+                    return
+                await asyncio.sleep(WATCH_RETRY_S)
             except BackendError:
                 await asyncio.sleep(WATCH_RETRY_S)
 
@@ -526,12 +579,25 @@ class ContainerBackend(ABC):
     async def reap_orphans(self) -> list[str]:
         reaped: list[str] = []
         for url in sorted(self._reap_urls, key=lambda u: u or ""):
+            reaped.extend(await self._reap(url))
+        return reaped
+
+    async def _reap(self, url: str | None) -> list[str]:
+        """Remove this instance's containers on one engine that another run
+        made; a start on that engine waits until this is over."""
+        done = self._reaped[url] = asyncio.Event()
+        reaped: list[str] = []
+        try:
             engine = await self._engine(url)
             for row in await self._list_owned(engine):
-                if row.id in self._containers:
-                    continue  # ours, started by this object: not an orphan
+                # This process's, whichever backend object started it (two
+                # engine URLs may reach one engine): not an orphan.
+                if row.labels.get(LABEL_RUN) == RUN_ID or row.id in self._containers:
+                    continue
                 await self._remove(engine, row.id)
                 reaped.append(row.name)
+        finally:
+            done.set()
         return reaped
 
     async def _list_owned(self, engine: Engine) -> list[Summary]:
@@ -600,6 +666,22 @@ def _failed(connecting: asyncio.Future[Engine]) -> bool:
         and not connecting.cancelled()
         and connecting.exception() is not None
     )
+
+
+async def _listening(base_url: str, timeout_s: float) -> bool:
+    """Whether something accepts TCP connections at ``base_url``'s address."""
+    url = yarl.URL(base_url)
+    if url.host is None or url.port is None:
+        return True  # cannot tell: assume it still runs
+    try:
+        async with asyncio.timeout(timeout_s):
+            _, writer = await asyncio.open_connection(url.host, url.port)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
 
 
 async def _forever() -> None:

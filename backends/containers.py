@@ -18,6 +18,7 @@ import json
 import re
 import signal
 import threading
+import uuid
 from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, TypeVar
 
@@ -35,6 +36,10 @@ T = TypeVar("T")
 LABEL_INSTANCE = "swapvisor.instance"
 LABEL_MODEL = "swapvisor.model"
 LABEL_HASH = "swapvisor.config-hash"
+# Which swapvisor process made the container: reaping spares this process's
+# own, whichever of its backend objects (engine URLs) started them.
+LABEL_RUN = "swapvisor.run"
+RUN_ID = uuid.uuid4().hex[:16]
 # Longest line handed to the log pump; longer output is cut into pieces so one
 # runaway line cannot grow a buffer without bound.
 MAX_LINE = 64 * 1024
@@ -126,6 +131,7 @@ def ownership_labels(instance: str, model: str, cspec: ContainerSpec) -> dict[st
         LABEL_INSTANCE: instance,
         LABEL_MODEL: model,
         LABEL_HASH: cspec.config_hash(),
+        LABEL_RUN: RUN_ID,
     }
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import docker
 import docker.errors
 import docker.types
+import requests
 
 from backends import container
 from backends.base import BackendStartError, BackendUnavailable
@@ -125,42 +126,53 @@ class DockerEngine:
     ``BackendUnavailable`` naming the URL.
     """
 
-    def __init__(self, url: str | None, timeout_s: float) -> None:
+    def __init__(
+        self, url: str | None, timeout_s: float, connect_timeout_s: float | None = None
+    ) -> None:
         self.url = url or os.environ.get("DOCKER_HOST") or DEFAULT_URL
         self.where = f"Docker engine at {self.url}"
+        connect_s = timeout_s if connect_timeout_s is None else connect_timeout_s
         ssh = self.url.startswith("ssh://")
         if self.url.startswith("unix://"):
-            self._probe_socket(self.url.removeprefix("unix://"))
+            self._probe_socket(self.url.removeprefix("unix://"), connect_s)
         try:
             # version="auto" asks the engine for its API version: this is the
-            # first call, so an unreachable engine fails here.
+            # first call, so an unreachable engine fails here, within
+            # connect_s (the SDK's timeout then becomes timeout_s).
             if url is None:
                 self._client: Any = docker.from_env(
-                    timeout=int(timeout_s), max_pool_size=MAX_POOL, use_ssh_client=ssh
+                    timeout=connect_s, max_pool_size=MAX_POOL, use_ssh_client=ssh
                 )
             else:
                 self._client = docker.DockerClient(
                     base_url=url,
                     version="auto",
-                    timeout=int(timeout_s),
+                    timeout=connect_s,
                     max_pool_size=MAX_POOL,
                     use_ssh_client=ssh,
                 )
         except docker.errors.DockerException as exc:
             raise self._unavailable(exc) from exc
         self._api: Any = self._client.api
+        self._api.timeout = timeout_s
 
-    def _probe_socket(self, path: str) -> None:
+    def _probe_socket(self, path: str, timeout_s: float) -> None:
         """Connect once ourselves: the SDK leaks its socket when the first
         connect fails, and "no such socket" is the usual reason here."""
         try:
             with socket.socket(socket.AF_UNIX) as sock:
-                sock.settimeout(5)
+                sock.settimeout(timeout_s)
                 sock.connect(path)
         except OSError as exc:
             raise self._unavailable(exc) from exc
 
     def _unavailable(self, exc: BaseException) -> BackendUnavailable:
+        # The SDK wraps a timed-out version query in a DockerException.
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(exc, TimeoutError | requests.exceptions.Timeout) or isinstance(
+            cause, requests.exceptions.Timeout
+        ):
+            return BackendUnavailable(f"{self.where} is not answering: {exc}")
         return BackendUnavailable(f"{self.where} is unreachable: {exc}")
 
     def _guard(self, fn: Callable[[], T]) -> T:
@@ -176,6 +188,14 @@ class DockerEngine:
     async def _call(self, fn: Callable[[], T]) -> T:
         """A short SDK call, off the event loop."""
         return await asyncio.to_thread(self._guard, fn)
+
+    async def ping(self, timeout_s: float) -> None:
+        url = f"{self._api.base_url}/_ping"
+        answer = await self._call(lambda: self._api.get(url, timeout=timeout_s))
+        if answer.status_code != 200:
+            raise BackendUnavailable(
+                f"{self.where}: ping answered HTTP {answer.status_code}"
+            )
 
     def create_request(
         self, spec: LaunchSpec, cspec: ContainerSpec, name: str, labels: dict[str, str]
@@ -397,7 +417,7 @@ class DockerBackend(container.ContainerBackend):
     kind: ClassVar[str] = "docker"
 
     async def _connect(self, url: str | None, timeout_s: float) -> container.Engine:
-        return await asyncio.to_thread(DockerEngine, url, timeout_s)
+        return await asyncio.to_thread(DockerEngine, url, self._timeout_s, timeout_s)
 
 
 if TYPE_CHECKING:

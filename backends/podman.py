@@ -118,8 +118,17 @@ class LibpodEngine:
                 method, self._url(path), params=params, json=body, timeout=timeout
             ) as resp:
                 return resp.status, await resp.read()
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except TimeoutError as exc:  # aiohttp's own timeouts included
+            raise BackendUnavailable(
+                f"{self.where} is not answering (no answer to {method} {path} in time)"
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
             raise BackendUnavailable(f"{self.where} is unreachable: {exc}") from exc
+
+    async def ping(self, timeout_s: float) -> None:
+        status, data = await self.request("GET", "/_ping", timeout_s=timeout_s)
+        if status != 200:
+            raise BackendUnavailable(f"{self.where}: {_message(data, status)}")
 
     def create_request(
         self, spec: LaunchSpec, cspec: ContainerSpec, name: str, labels: dict[str, str]

@@ -8,6 +8,7 @@ the same instance left behind.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -48,6 +49,7 @@ class BackendPool:
     def __init__(self, native: Backend, instance: str) -> None:
         self.instance = instance
         self._made: dict[tuple[str, str | None], Backend] = {("native", None): native}
+        self._reaping: asyncio.Task[list[str]] | None = None
 
     def get(self, kind: str, engine_url: str | None = None) -> Backend:
         key = (kind, engine_url if kind in ("docker", "podman") else None)
@@ -59,33 +61,52 @@ class BackendPool:
             backend = self._made[key] = load_backend(kind, **kwargs)
         return backend
 
+    def start_reaping(self, config: Config) -> None:
+        """``reap_orphans`` in the background, owned by the pool (``aclose``
+        cancels it). Start-up must not wait on an engine: one that never
+        answers would keep swapvisor from listening, native models too. A
+        start on an engine waits for that engine's reap (the backend sees to
+        it), so an orphan holding the model's port is gone first."""
+        self._reaping = asyncio.create_task(
+            self.reap_orphans(config), name="reap orphans"
+        )
+
     async def reap_orphans(self, config: Config) -> list[str]:
         """Remove containers an earlier run of this instance left behind."""
-        removed: list[str] = []
         # Once per backend (kind and engine), not per model: models share an
         # engine, and an unreachable one would be waited on once per model.
-        engines = {
-            (m.backend_kind, m.engine_url)
-            for m in config.models.values()
-            if m.backend_kind in ("docker", "podman")
-        }
-        for kind, engine_url in sorted(engines, key=lambda e: (e[0], e[1] or "")):
-            backend = self.get(kind, engine_url)
-            if not isinstance(backend, SupportsOrphanCleanup):
-                continue
-            try:
-                names = await backend.reap_orphans()
-            except BackendError as exc:
-                log.warning("could not look for leftover containers: %s", exc)
-                continue
-            removed.extend(names)
+        # All engines at once: a slow one must not hold up the others.
+        engines = sorted(
+            {
+                (m.backend_kind, m.engine_url)
+                for m in config.models.values()
+                if m.backend_kind in ("docker", "podman")
+            },
+            key=lambda e: (e[0], e[1] or ""),
+        )
+        backends = [self.get(kind, url) for kind, url in engines]
+        found = await asyncio.gather(
+            *(_reap(b) for b in backends if isinstance(b, SupportsOrphanCleanup))
+        )
+        removed = [name for names in found for name in names]
         for name in removed:
             log.warning("removed container %s left behind by an earlier run", name)
         return removed
 
     async def aclose(self) -> None:
+        if self._reaping is not None:
+            self._reaping.cancel()
+            await asyncio.wait([self._reaping])
         for backend in self._made.values():
             try:
                 await backend.aclose()
             except BackendError as exc:
                 log.warning("closing a backend failed: %s", exc)
+
+
+async def _reap(backend: SupportsOrphanCleanup) -> list[str]:
+    try:
+        return await backend.reap_orphans()
+    except BackendError as exc:
+        log.warning("could not look for leftover containers: %s", exc)
+        return []

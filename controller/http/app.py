@@ -144,7 +144,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 async def _start_preload(app: web.Application) -> None:
     runtime = app[RUNTIME]
-    await runtime.backends.reap_orphans(runtime.config)
+    # Not awaited: start-up never waits on an engine (the pool owns the task).
+    runtime.backends.start_reaping(runtime.config)
     app[PRELOAD] = asyncio.create_task(runtime.preload())
 
 

@@ -19,9 +19,16 @@ import aiohttp
 import pytest
 
 from backends.base import BackendStartError, BackendUnavailable, Health, LaunchSpec
-from backends.containers import LABEL_HASH, LABEL_INSTANCE, LABEL_MODEL
+from backends.containers import (
+    LABEL_HASH,
+    LABEL_INSTANCE,
+    LABEL_MODEL,
+    LABEL_RUN,
+    RUN_ID,
+)
 from backends.specs import ContainerSpec
 from tests.backends.conftest import (
+    DOCKER_URL,
     FAKE_IMAGE,
     LLM_IMAGE,
     PODMAN_URL,
@@ -47,9 +54,14 @@ async def test_containers_carry_ownership_labels(engine_target: Target) -> None:
     assert labels[LABEL_MODEL] == "org/Model:Q4"
     assert spec.container is not None
     assert labels[LABEL_HASH] == spec.container.config_hash()
+    assert labels[LABEL_RUN] == RUN_ID
     assert labels["team"] == "ml"
     name = info["Name"].lstrip("/")
     assert name.startswith(f"swapvisor-{engine_target.instance}-org-Model-Q4-")
+    if engine_target.url != PODMAN_URL:
+        await backend.stop(handle, spec, grace=5)
+        assert engine_target.leftovers() == []
+        return
     # Podman's own API (podman-py) sees the same ownership. Its list results
     # break on `.status` (the state is a string there): read attrs instead.
     import podman
@@ -100,7 +112,7 @@ async def test_orphans_of_a_sigkilled_swapvisor_are_reaped(
             root=str(ROOT),
             kind=engine_target.kind,
             instance=engine_target.instance,
-            url=PODMAN_URL,
+            url=engine_target.url,
             port=free_port(),
             image=FAKE_IMAGE,
         )
@@ -131,11 +143,15 @@ async def test_orphans_of_a_sigkilled_swapvisor_are_reaped(
         eng.client.api.remove_container(bystander, force=True)
 
 
-async def test_reaping_spares_what_this_backend_runs(engine_target: Target) -> None:
+async def test_reaping_spares_what_this_process_runs(engine_target: Target) -> None:
+    """Neither the backend that started a container nor another backend object
+    of this process (a second URL for one engine) takes it for an orphan."""
     backend = engine_target.backend()
     spec = engine_target.spec(free_port())
     handle = await backend.start("m", spec)
     assert await backend.reap_orphans() == []  # type: ignore[attr-defined]
+    other = engine_target.backend()
+    assert await other.reap_orphans() == []  # type: ignore[attr-defined]
     await until(backend, handle, spec, Health.READY)
     await backend.stop(handle, spec, grace=5)
 
@@ -281,12 +297,13 @@ async def test_a_cancelled_start_leaves_nothing(
 
 
 async def test_docker_env_default_engine(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
+    docker_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No engine_url: DOCKER_HOST picks the engine, as for the docker CLI."""
     from backends.docker import DockerBackend
 
-    monkeypatch.setenv("DOCKER_HOST", PODMAN_URL)
+    engine = docker_engine
+    monkeypatch.setenv("DOCKER_HOST", DOCKER_URL)
     instance = new_instance()
     backend = DockerBackend(instance)
     port = free_port()
@@ -306,10 +323,11 @@ async def test_docker_env_default_engine(
 
 
 async def test_docker_gpu_requests_reach_the_engine(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
+    docker_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The create request carries HostConfig.DeviceRequests as `docker run
     --gpus` sends them; the container is created, never started (no GPU)."""
+    engine = docker_engine
     import docker.api.client
 
     from backends.containers import ownership_labels
@@ -331,7 +349,7 @@ async def test_docker_gpu_requests_reach_the_engine(
         ("0", "GPU-1234"): [{"Count": 0, "DeviceIDs": ["0", "GPU-1234"]}],
     }
     instance = new_instance()
-    eng = await asyncio.to_thread(DockerEngine, PODMAN_URL, 30)
+    eng = await asyncio.to_thread(DockerEngine, DOCKER_URL, 30)
     try:
         for gpus, want in expected.items():
             cspec = ContainerSpec(image=FAKE_IMAGE, gpus=gpus)  # type: ignore[arg-type]

@@ -19,7 +19,9 @@ from backends.containers import (
     LABEL_HASH,
     LABEL_INSTANCE,
     LABEL_MODEL,
+    LABEL_RUN,
     MAX_LINE,
+    RUN_ID,
     FrameDecoder,
     LineSplitter,
     LogFeed,
@@ -143,6 +145,7 @@ def test_names_and_labels() -> None:
         LABEL_INSTANCE: "prod",
         LABEL_MODEL: "org/m",
         LABEL_HASH: spec.config_hash(),
+        LABEL_RUN: RUN_ID,
     }
     assert check_instance("host-1_a.b") == "host-1_a.b"
     for bad in ("", "-x", "a b", "x" * 64):
