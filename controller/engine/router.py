@@ -35,6 +35,7 @@ from controller.errors import (
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Set
 
+    from backends.base import LaunchSpec
     from controller.config.model import Config
     from controller.engine.pool import BackendPool
 
@@ -190,9 +191,7 @@ class Router:
 
     def _new_upstream(self, config: Config, mid: str) -> Upstream:
         spec = config.launch_spec(mid)
-        keeper = None
-        if config.models[mid].keep_slots:
-            keeper = SlotKeeper(self._slot_store, mid, launch_fingerprint(spec))
+        keeper = self._keeper(config, mid, spec)
         return Upstream(
             mid,
             spec,
@@ -210,6 +209,11 @@ class Router:
             sleep=sleep_spec(config.models[mid].sleep),
             sleep_ttl_s=config.models[mid].sleep_ttl,
         )
+
+    def _keeper(self, config: Config, mid: str, spec: LaunchSpec) -> SlotKeeper | None:
+        if not config.models[mid].keep_slots:
+            return None
+        return SlotKeeper(self._slot_store, mid, launch_fingerprint(spec))
 
     def _slots_done(self, model: str, report: SlotReport) -> None:
         for listener in self.slot_listeners:
@@ -247,6 +251,7 @@ class Router:
             )
             current.sleep_spec = sleep_spec(config.models[mid].sleep)
             current.sleep_ttl_s = config.models[mid].sleep_ttl
+            current.slots = self._keeper(config, mid, current.spec)
             if old.models[mid] != config.models[mid]:
                 current.clear_quarantine()  # its config changed: try again
         retired: list[str] = []

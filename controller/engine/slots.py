@@ -169,17 +169,17 @@ class SlotKeeper:
                 for slot_id in await _slot_ids(http, base_url):
                     name = self._name(slot_id)
                     data = await _post(http, base_url, slot_id, "save", name)
-                    saved = int(data.get("n_saved", 0))
+                    saved = int(data.get("n_saved") or 0)
                     if saved <= 0:
                         (self.dir / name).unlink(missing_ok=True)
                         continue
                     count, tokens = count + 1, tokens + saved
-                    written += int(data.get("n_written", 0))
+                    written += int(data.get("n_written") or 0)
                     self.tokens[name] = saved
+            self.store.evict()
+            self._write_index()
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             return _failed("save", began, exc, count, tokens, written)
-        self.store.evict()
-        self._write_index()
         return SlotReport("save", count, tokens, written, time.monotonic() - began)
 
     async def restore(
@@ -200,8 +200,8 @@ class SlotKeeper:
                         continue  # the server has fewer slots now
                     data = await _post(http, base_url, slot_id, "restore", path.name)
                     count += 1
-                    tokens += int(data.get("n_restored", 0))
-                    read += int(data.get("n_read", 0))
+                    tokens += int(data.get("n_restored") or 0)
+                    read += int(data.get("n_read") or 0)
                     path.touch()  # recently used: evicted last
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             return _failed("restore", began, exc, count, tokens, read)

@@ -29,6 +29,7 @@ from backends.base import (
     LaunchSpec,
 )
 from controller.engine.sleep import SleepError
+from controller.engine.slots import SlotReport
 from controller.engine.states import ALLOWED, RUNNING, Quarantine, UpstreamState
 from controller.errors import (
     ControllerError,
@@ -41,7 +42,7 @@ from controller.errors import (
 
 if TYPE_CHECKING:
     from controller.engine.sleep import SleepSpec
-    from controller.engine.slots import SlotKeeper, SlotReport
+    from controller.engine.slots import SlotKeeper
 
 log = logging.getLogger("swapvisor.upstream")
 
@@ -62,6 +63,9 @@ EXIT_POLL_S = 0.02
 # A ready model that fails this many liveness probes in a row is dead.
 LIVENESS_MISSES = 2
 MAX_BACKOFF_S = 300.0
+# An idle server that dies this soon after it became ready counts as a
+# failed start (crashLoop), so a preloaded one cannot restart forever.
+EARLY_DEATH_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +165,7 @@ class Upstream:
         self._on_slots = on_slots
         self.quarantine: Quarantine | None = None
         self._failed_starts = 0  # in a row; a ready start resets it
+        self._failures_at_ready = 0
         self._closed = False  # shutdown began: nothing starts again
         self._progress_at = 0.0  # monotonic time of the last log line
         # Set when an idle server died: why, for the FAILED state after the stop.
@@ -195,8 +200,7 @@ class Upstream:
                 await asyncio.shield(self._stop_task)
                 continue
             if self.state is S.SLEEPING and self._falling_asleep():
-                assert self._sleep_task is not None
-                await asyncio.shield(self._sleep_task)  # then wake it
+                await self._asleep()  # then wake it (or see the stop)
                 continue
             if self.state is not S.STARTING:
                 self.check_startable()
@@ -227,10 +231,22 @@ class Upstream:
             if self.state is S.SLEEPING:
                 if not self._falling_asleep():
                     return  # already asleep
-                assert self._sleep_task is not None
-                if await asyncio.shield(self._sleep_task):
+                if await self._asleep():
                     return
         await self.stop(reason="swap")
+
+    async def _asleep(self) -> bool:
+        """Wait for the sleep in progress: True once asleep. A sleep that a
+        stop cancelled is False, not our cancellation."""
+        task = self._sleep_task
+        assert task is not None
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():
+                raise
+            return False
 
     def _falling_asleep(self) -> bool:
         return self._sleep_task is not None and not self._sleep_task.done()
@@ -248,7 +264,7 @@ class Upstream:
         assert self.sleep_spec is not None
         try:
             await self.sleep_spec.fall_asleep(self.base_url)
-        except SleepError as exc:
+        except Exception as exc:  # whatever went wrong: it did not sleep
             log.warning("%s: sleep failed, stopping it instead: %s", self.id, exc)
             if self.state is S.SLEEPING:
                 self.stop_reason = "swap"
@@ -286,10 +302,11 @@ class Upstream:
     async def _wake_or_restart(self) -> bool:
         """Wake the sleeping server; if that fails, restart it. True when
         it was restarted (its KV cache is gone)."""
-        assert self.sleep_spec is not None
         try:
+            if self.sleep_spec is None:  # a reload removed ``sleep:``
+                raise SleepError("no sleep settings any more")
             await self.sleep_spec.wake_up(self.base_url)
-        except SleepError as exc:
+        except Exception as exc:  # whatever went wrong: restart it
             log.warning("%s: wake failed, restarting it: %s", self.id, exc)
         else:
             log.info("%s woke up", self.id)
@@ -390,7 +407,11 @@ class Upstream:
     async def _confirm_exit(self) -> None:
         while self.state is S.READY and self._handle is not None:
             handle = self._handle
-            if await self._backend.health(handle, self.spec) is Health.EXITED:
+            try:
+                health = await self._backend.health(handle, self.spec)
+            except BackendError:
+                return  # the engine cannot say: no explanation, no harm
+            if health is Health.EXITED:
                 self._exited_while_serving(handle)
                 break
             await asyncio.sleep(EXIT_POLL_S)
@@ -455,6 +476,8 @@ class Upstream:
     def _ready_now(self, began: float, ready: asyncio.Future[None]) -> None:
         self.last_start_s = time.monotonic() - began
         self.started_at = time.time()
+        # Remembered: a server that dies soon after this still crash-loops.
+        self._failures_at_ready = self._failed_starts
         self._failed_starts = 0
         self.quarantine = None
         self._set_state(S.READY)
@@ -609,6 +632,10 @@ class Upstream:
                     f"model {self.id} {why} while idle ({how}){self._tail_text()}"
                 )
                 log.warning("%s", self.failure.message)
+                up_s = time.time() - (self.started_at or 0.0)
+                if up_s < EARLY_DEATH_S:  # up and down again: a crash loop
+                    self._failed_starts = self._failures_at_ready
+                    self._count_failed_start(self.failure)
                 self._set_state(S.FAILED)
             else:
                 self._set_state(S.STOPPED)
@@ -641,12 +668,22 @@ class Upstream:
     # -- KV slots ------------------------------------------------------------------
 
     async def _save_slots(self) -> None:
-        assert self.slots is not None
-        self._report_slots(await self.slots.save(self.spec.base_url))
+        if self.slots is None:
+            return
+        try:
+            report = await self.slots.save(self.spec.base_url)
+        except Exception as exc:  # never skip the stop for the cache's sake
+            report = SlotReport("save", 0, 0, 0, 0.0, repr(exc))
+        self._report_slots(report)
 
     async def _restore_slots(self) -> None:
-        if self.slots is not None:
-            self._report_slots(await self.slots.restore(self.spec.base_url))
+        if self.slots is None:
+            return
+        try:
+            report = await self.slots.restore(self.spec.base_url)
+        except Exception as exc:  # a warm start is a bonus, never a failure
+            report = SlotReport("restore", 0, 0, 0, 0.0, repr(exc))
+        self._report_slots(report)
 
     def _report_slots(self, report: SlotReport) -> None:
         if report.error:
@@ -716,6 +753,9 @@ class Upstream:
             self._died_while_idle = why or "exited"
         self._begin_stop(0)
 
+    def _busy(self) -> bool:
+        return self.in_flight > 0
+
     def _serves(self, handle: Handle) -> bool:
         return self.state is S.READY and self._handle is handle
 
@@ -749,6 +789,9 @@ class Upstream:
                 health = await self._backend.health(handle, self.spec)
             except BackendError as exc:  # the engine, not the server, is down
                 log.warning("%s: liveness probe failed: %s", self.id, exc)
+                continue
+            if self._busy() or not self._serves(handle):
+                misses = 0  # a request arrived meanwhile: it watches now
                 continue
             if health is Health.READY:
                 misses = 0
