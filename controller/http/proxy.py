@@ -140,14 +140,7 @@ class Proxy:
         )
         try:
             async with asyncio.timeout(route.header_timeout_s):
-                return await self.client().request(
-                    request.method,
-                    route.url,
-                    headers=request_headers(request, route, body),
-                    data=body,
-                    allow_redirects=False,
-                    timeout=timeout,
-                )
+                return await self._send(request, route, body, timeout)
         except TimeoutError as exc:
             raise UpstreamError(
                 f"{route.label} {route.url} sent no response headers within "
@@ -162,6 +155,33 @@ class Proxy:
             unreadable = exc.__cause__
         # Not the upstream: the client's body could not be decoded (a 400).
         raise unreadable
+
+    async def _send(
+        self,
+        request: web.Request,
+        route: Route,
+        body: bytes | AsyncIterable[bytes] | None,
+        limits: aiohttp.ClientTimeout,
+    ) -> aiohttp.ClientResponse:
+        # A kept-alive connection the server has just closed (llama.cpp does
+        # after a long stream) fails at once: a body we still hold is sent
+        # once more on a fresh connection, as Go's transport does.
+        for retry in (True, False):
+            try:
+                return await self.client().request(
+                    request.method,
+                    route.url,
+                    headers=request_headers(request, route, body),
+                    data=body,
+                    allow_redirects=False,
+                    timeout=limits,
+                )
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                stale = not isinstance(exc, aiohttp.ClientConnectorError)
+                if not (retry and stale and not _streamed(body)):
+                    raise
+                log.debug("%s: stale connection (%s); sending again", route.url, exc)
+        raise AssertionError("unreachable")
 
     async def websocket(
         self, request: web.Request, route: Route
@@ -374,6 +394,11 @@ def decoded_body(request: web.Request) -> bool:
     """Whether aiohttp's server decodes this request's body as it reads it."""
     encoding = request.headers.get(hdrs.CONTENT_ENCODING)
     return encoding is not None and encoding.lower() in _DECODED
+
+
+def _streamed(body: object) -> bool:
+    """A body read from the client as it arrives cannot be sent twice."""
+    return body is not None and not isinstance(body, bytes | bytearray)
 
 
 def request_headers(
