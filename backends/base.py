@@ -151,5 +151,5 @@ class SupportsOrphanCleanup(Protocol):
 
     async def reap_orphans(self) -> list[str]:
         """Remove every workload labelled with this instance that this backend
-        object did not start; return their names. Call it once at start-up."""
+        process did not start; return their names. Call it once at start-up."""
         ...

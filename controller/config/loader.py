@@ -10,10 +10,12 @@ ignored.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import logging
 import math
 import re
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -106,7 +108,8 @@ def validate(raw: dict[str, Any], ports: PortPlan | None = None) -> LoadedConfig
         crosscheck(config)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    return LoadedConfig(config, tuple(_unknown_key_warnings(config)))
+    warnings = (*_unknown_key_warnings(config), *_remote_engine_warnings(config))
+    return LoadedConfig(config, warnings)
 
 
 class _Loader(yaml.SafeLoader):
@@ -543,6 +546,32 @@ def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
 
 
 # -- unknown keys ----------------------------------------------------------------
+
+
+def _remote_engine_warnings(config: Config) -> Iterator[str]:
+    """A model on another host's engine whose proxy still names this host."""
+    for mid, model in sorted(config.models.items()):
+        engine = urllib.parse.urlsplit(model.engine_url or "")
+        if engine.scheme not in ("tcp", "ssh", "http", "https"):
+            continue
+        host = engine.hostname or ""
+        if _loopback(host):
+            continue  # another daemon on this very host
+        if _loopback(urllib.parse.urlsplit(model.proxy).hostname or ""):
+            yield (
+                f"models.{mid}.proxy: {model.proxy} is this host but engine "
+                f"{model.engine_url} runs the model on {host}; set proxy to "
+                f"http://{host}:<port> with the server listening there"
+            )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _unknown_key_warnings(config: Config) -> Iterator[str]:

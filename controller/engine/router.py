@@ -13,6 +13,7 @@ import time
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
+from backends.base import BackendUnavailable
 from controller.engine.eviction import build_policy
 from controller.engine.scheduler import Scheduler, Ticket
 from controller.engine.sleep import sleep_spec
@@ -375,6 +376,8 @@ class Router:
                 log.info(
                     "swap: stopping %s to start %s", ", ".join(sorted(evict)), target
                 )
+            # Stop nothing for a start that cannot happen.
+            await self._check_engine(target)
             # Each evicted model sleeps if it can, else stops.
             await asyncio.gather(
                 *(
@@ -393,6 +396,18 @@ class Router:
             for listener in self.swap_listeners:
                 listener(target, time.monotonic() - began)
         self.scheduler.swap_done(target, error)
+
+    async def _check_engine(self, target: str) -> None:
+        """A container model whose engine is unreachable: 503 naming the
+        engine before any other model is stopped for it."""
+        upstream = self.upstreams.get(target)
+        check = getattr(upstream.backend, "check_engine", None) if upstream else None
+        if upstream is None or check is None:
+            return
+        try:
+            await check(upstream.spec)
+        except BackendUnavailable as exc:
+            raise UpstreamStartError(f"model {target} failed to start: {exc}") from exc
 
     async def _ensure_current(self, target: str) -> None:
         """Make ``target``'s current upstream ready.

@@ -352,6 +352,10 @@ class Upstream:
         return self.state in RUNNING
 
     @property
+    def backend(self) -> Backend:
+        return self._backend
+
+    @property
     def base_url(self) -> str:
         return self.spec.base_url
 
@@ -495,6 +499,8 @@ class Upstream:
         log.warning("%s", error.message)
 
     def _count_failed_start(self, error: ControllerError) -> None:
+        if isinstance(error.__cause__, BackendUnavailable):
+            return  # the engine was away, not the model: no crash loop
         sup = self.supervision
         self._failed_starts += 1
         if not sup.crash_failures or self._failed_starts < sup.crash_failures:

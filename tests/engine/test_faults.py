@@ -435,3 +435,29 @@ async def test_a_start_that_logs_forever_fails_at_max_start_time(
     with pytest.raises(UpstreamStartTimeout, match="maxStartTime") as failed:
         await waiting
     assert "within 0.6 s" in failed.value.message
+
+
+# -- engines that are away ---------------------------------------------------------
+
+
+async def test_an_unreachable_engine_evicts_nothing_and_names_itself(
+    routers: list[Router], backend: ScriptedBackend
+) -> None:
+    router = make(routers, backend)
+    await serve_once(router, "a")
+    backend.script("b").fail["check"] = BackendUnavailable("engine tcp://h:2375 down")
+    with pytest.raises(UpstreamStartError, match="tcp://h:2375"):
+        await serve_once(router, "b")
+    assert router.state_of("a") is S.READY  # nothing was stopped for it
+    assert starts(backend, "b") == 0
+
+
+async def test_an_unreachable_engine_is_no_crash_loop(
+    routers: list[Router], backend: ScriptedBackend
+) -> None:
+    router = make(routers, backend, LOOPING)
+    backend.script("a").fail["start"] = BackendUnavailable("engine down")
+    for _ in range(3):
+        with pytest.raises(UpstreamStartError, match="engine down"):
+            await serve_once(router, "a")
+    assert router.status()["a"].quarantine is None

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from backends.base import LaunchSpec
 
-OPS = ("start", "health", "logs", "stop", "wait")
+OPS = ("start", "health", "logs", "stop", "wait", "check")
 
 
 @dataclass
@@ -156,6 +156,12 @@ class ScriptedBackend:
         while (line := await w.lines.get()) is not None:
             yield line
 
+    async def check_engine(self, spec: LaunchSpec) -> None:
+        """As container backends: raise when the model's engine is away."""
+        error = self.scripts.get(_model_of(spec), Script()).fail.get("check")
+        if error is not None:
+            raise error
+
     async def aclose(self) -> None:
         self.calls.append(("aclose", ""))
 
@@ -176,6 +182,11 @@ class ScriptedBackend:
         w.exit_code = code
         w.lines.put_nowait(None)
         w.exited.set()
+
+
+def _model_of(spec: LaunchSpec) -> str:
+    """The model a test config's ``cmd: "srv <model>"`` launches."""
+    return spec.argv[1] if len(spec.argv) > 1 else ""
 
 
 def start_error(message: str = "scripted start failure") -> BackendStartError:
