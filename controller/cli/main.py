@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -164,6 +165,27 @@ def _tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | str | No
     return context
 
 
+# What a kill and a container removal take after the graceful part.
+KILL_MARGIN_S = 5.0
+
+
+def shutdown_budget(raw: str | None) -> tuple[float, float | None]:
+    """``SWAPVISOR_SHUTDOWN_TIMEOUT`` (seconds, e.g. a compose file's
+    stop_grace_period minus a margin) as (request drain, per-model stop
+    grace): a quarter for requests to finish, the rest for models to stop,
+    with room for the kill. Unset: today's 10 s drain, each model's own
+    unloadTimeout."""
+    if not raw:
+        return SHUTDOWN_GRACE_S, None
+    try:
+        total = float(raw)
+    except ValueError:
+        log.warning("SWAPVISOR_SHUTDOWN_TIMEOUT=%r is not a number: ignored", raw)
+        return SHUTDOWN_GRACE_S, None
+    drain = min(SHUTDOWN_GRACE_S, total / 4)
+    return drain, max(0.0, total - drain - KILL_MARGIN_S)
+
+
 async def serve(
     config: Config,
     host: str,
@@ -175,10 +197,12 @@ async def serve(
 ) -> None:
     """Run until SIGINT or SIGTERM, then stop every upstream and return."""
     app = create_app(config, NativeBackend(), logs, default_instance(port))
+    drain_s, grace_cap = shutdown_budget(os.environ.get("SWAPVISOR_SHUTDOWN_TIMEOUT"))
+    app[RUNTIME].shutdown_grace_cap = grace_cap
     runner = web.AppRunner(
         app,
         handler_cancellation=True,
-        shutdown_timeout=SHUTDOWN_GRACE_S,
+        shutdown_timeout=drain_s,
         access_log=None,
     )
     reloader = Reloader(app[RUNTIME], *sources, on_reload=lambda: _reloaded(app))

@@ -284,13 +284,14 @@ class Router:
         await asyncio.gather(*(self.upstreams[m].stop() for m in sorted(ids)))
         self.scheduler.drain()
 
-    async def aclose(self) -> None:
+    async def aclose(self, grace_cap: float | None = None) -> None:
         """Shutdown: fail waiting requests, let nothing start again, wait for
-        every start and stop in progress, stop what exists, close the
-        backends. One failure never skips the rest."""
+        every start and stop in progress, stop what exists (each with at most
+        ``grace_cap`` seconds before the kill), close the backends. One
+        failure never skips the rest."""
         self._closing = True
         self.scheduler.shutdown()
-        closing = [u.close() for u in self.upstreams.values()]
+        closing = [u.close(grace_cap) for u in self.upstreams.values()]
         results = await asyncio.gather(*closing, return_exceptions=True)
         # Swaps end on their own now: a doomed swap never starts its target.
         results += await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -37,6 +37,9 @@ class Runtime:
         self.config = config
         self.backends = BackendPool(backend, instance or default_instance())
         self.router = Router(config, self.backends, model_logs)
+        # The most any model gets to stop gracefully at shutdown (None: its
+        # unloadTimeout), so a deployment's grace period can bound shutdown.
+        self.shutdown_grace_cap: float | None = None
         # Called with the new config once it is in place, synchronously.
         self.reload_listeners: list[Callable[[Config], None]] = []
 
@@ -61,4 +64,4 @@ class Runtime:
                 log.warning("preload of %s failed: %s", model_id, exc.message)
 
     async def aclose(self) -> None:
-        await self.router.aclose()
+        await self.router.aclose(self.shutdown_grace_cap)

@@ -342,10 +342,14 @@ class Upstream:
         self.quarantine = None
         self._failed_starts = 0
 
-    async def close(self) -> None:
-        """Shutdown: no start from now on; abort one in progress; stop."""
+    async def close(self, grace_cap: float | None = None) -> None:
+        """Shutdown: no start from now on; abort one in progress; stop, with
+        at most ``grace_cap`` seconds before the kill when one is given."""
         self._closed = True
-        await self.stop(reason="shutdown")
+        grace = self.unload_grace_s
+        await self.stop(
+            grace if grace_cap is None else min(grace, grace_cap), "shutdown"
+        )
 
     @property
     def running(self) -> bool:

@@ -188,6 +188,7 @@ def model_status(rt: Runtime) -> list[dict[str, Any]]:
     """Every local model with its state, then every peer model (llama-swap §5.3)."""
     out: list[dict[str, Any]] = []
     states = rt.router.status()
+    saved = rt.router.saved_slots()
     for mid, model in sorted(rt.config.models.items()):
         entry: dict[str, Any] = {
             "id": mid,
@@ -200,6 +201,13 @@ def model_status(rt: Runtime) -> list[dict[str, Any]]:
         quarantine = states[mid].quarantine
         if quarantine is not None:
             entry["quarantine"] = quarantine_json(quarantine)
+        slots = saved.get(mid)
+        if slots is not None and slots.count:
+            entry["slots"] = {
+                "count": slots.count,
+                "tokens": slots.tokens,
+                "bytes": slots.bytes,
+            }
         if aliases := aliases_of(mid, model):
             entry["aliases"] = aliases
         if model.capabilities.configured:

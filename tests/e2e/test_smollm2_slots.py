@@ -89,6 +89,19 @@ def ask(sv: Swapvisor, question: str) -> dict[str, Any]:
     return dict(reply["timings"])
 
 
+def model_status(sv: Swapvisor) -> dict[str, Any]:
+    """The first ``modelStatus`` event of ``/api/events``, by model id."""
+    with urllib.request.urlopen(sv.url + "/api/events", timeout=10) as stream:
+        for raw in stream:
+            line = raw.decode().strip()
+            if line.startswith("data:") and '"modelStatus"' in line:
+                event = json.loads(line[len("data:") :])
+                data = event["data"]
+                models = json.loads(data) if isinstance(data, str) else data
+                return {m["id"]: m for m in models}
+    raise AssertionError("no modelStatus event")
+
+
 def swap_away_and_back(sv: Swapvisor) -> None:
     post(sv, "/v1/embeddings", {"model": "embed", "input": "hello"})
 
@@ -119,6 +132,8 @@ def test_the_conversation_continues_from_the_restored_cache(
     running = json.load(urllib.request.urlopen(sv.url + "/running", timeout=10))
     slots = next(r["slots"] for r in running["running"] if r["model"] == "chat")
     assert slots["count"] == 1 and slots["tokens"] > 300 and slots["bytes"] > 0
+    status = model_status(sv)  # what the UI's model list shows
+    assert status["chat"]["slots"]["count"] == 1
     metrics = urllib.request.urlopen(sv.url + "/metrics", timeout=10).read().decode()
     assert (
         'swapvisor_slot_operations_total{action="restore",model="chat",outcome="ok"} 1.0'

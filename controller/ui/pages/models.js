@@ -134,7 +134,9 @@ function updateCard(card, model) {
   fill(card.tags,
     model.unlisted ? h('span', { class: 'tag' }, 'unlisted') : null,
     caps.map((c) => h('span', { class: 'tag' }, c)),
-    model.context_length ? h('span', { class: 'tag' }, `ctx ${model.context_length.toLocaleString()}`) : null);
+    model.context_length ? h('span', { class: 'tag' }, `ctx ${model.context_length.toLocaleString()}`) : null,
+    model.slots ? h('span', { class: 'tag slots', title: 'KV cache saved by keepSlots, restored on the next start' },
+      `KV cache saved: ${model.slots.count} slot${model.slots.count === 1 ? '' : 's'}, ${model.slots.tokens.toLocaleString()} tokens, ${(model.slots.bytes / 1048576).toFixed(1)} MiB`) : null);
   card.tags.hidden = !card.tags.childElementCount;
   card.open.setAttribute('aria-label', `Open ${label}'s own web UI in a new tab`);
   card.logsLink.setAttribute('aria-label', `Logs of ${label}`);
