@@ -612,8 +612,15 @@ class Upstream:
             self._end_sleep()
         if start_task is not None:
             # At once, not when the stop task first runs: a start that is
-            # about to resume must not mark the model ready or failed.
+            # about to resume must not mark the model ready or failed. Its
+            # waiters are answered here too: a task cancelled before its
+            # first step never runs the code that would answer them.
             start_task.cancel()
+            if self._ready is not None:
+                _settle(
+                    self._ready,
+                    ModelUnloaded(f"model {self.id} was unloaded while starting"),
+                )
         self._cancel_ttl()
         self._set_state(S.STOPPING)
         self._stop_task = asyncio.create_task(
