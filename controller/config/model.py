@@ -67,6 +67,19 @@ PortPlan = dict[str, tuple[str, int]]
 NOT_YET_TOP_KEYS: frozenset[str] = frozenset()
 
 
+def _seconds(v: float, zero_means: str) -> float:
+    """A duration in seconds where 0 has a meaning and negatives have none."""
+    if v < 0:
+        raise ValueError(f"must be >= 0 seconds ({zero_means}), got {v}")
+    return v
+
+
+def _above_zero(v: float | None) -> float | None:
+    if v is not None and v <= 0:
+        raise ValueError(f"must be > 0, got {v}")
+    return v
+
+
 class ModelConfig(Section):
     """``models.<id>`` (llama-swap.md §1.3)."""
 
@@ -172,23 +185,17 @@ class ModelConfig(Section):
     @field_validator("sleep_ttl")
     @classmethod
     def _sleep_ttl(cls, v: float) -> float:
-        if v < 0:
-            raise ValueError(f"must be >= 0 seconds (0: never stopped), got {v}")
-        return v
+        return _seconds(v, "0: never stopped")
 
     @field_validator("liveness_interval")
     @classmethod
     def _liveness(cls, v: float | None) -> float | None:
-        if v is not None and v < 0:
-            raise ValueError(f"must be >= 0 seconds (0 turns it off), got {v}")
-        return v
+        return None if v is None else _seconds(v, "0 turns it off")
 
     @field_validator("health_check_timeout", "max_start_time")
     @classmethod
     def _positive(cls, v: float | None) -> float | None:
-        if v is not None and v <= 0:
-            raise ValueError(f"must be > 0, got {v}")
-        return v
+        return _above_zero(v)
 
     @field_validator("env")
     @classmethod
@@ -286,16 +293,12 @@ class Config(Section):
     @field_validator("liveness_interval")
     @classmethod
     def _liveness(cls, v: float) -> float:
-        if v < 0:
-            raise ValueError(f"must be >= 0 seconds (0 turns it off), got {v}")
-        return v
+        return _seconds(v, "0 turns it off")
 
     @field_validator("max_start_time")
     @classmethod
     def _max_start(cls, v: float | None) -> float | None:
-        if v is not None and v <= 0:
-            raise ValueError(f"must be > 0, got {v}")
-        return v
+        return _above_zero(v)
 
     @field_validator("global_ttl")
     @classmethod
