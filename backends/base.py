@@ -70,6 +70,10 @@ class LaunchSpec:
     probe_timeout_s: float = 2.0
     container: ContainerSpec | None = None
     mock: MockSpec | None = None
+    # GPU indices the workload is placed on by the resources engine (native:
+    # CUDA_VISIBLE_DEVICES; containers: device requests / CDI devices, in
+    # place of the container's own ``gpus``). None: not placed.
+    devices: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +97,21 @@ class ExitInfo:
         if self.code < 0:
             return f"killed by signal {-self.code}"
         return f"exit code {self.code}"
+
+
+@dataclass(frozen=True, slots=True)
+class Footprint:
+    """What one workload holds in host memory now, and which processes it is.
+
+    ``pids`` are the host pids of its processes (the process tree of a native
+    server, a container's processes), so accelerator memory can be attributed
+    per process (NVML); empty when they cannot be known. ``host_bytes`` is
+    its host memory: PSS (else RSS) summed over the process tree, or the
+    container cgroup's usage; None when it cannot be read.
+    """
+
+    pids: frozenset[int] = frozenset()
+    host_bytes: int | None = None
 
 
 class Backend(Protocol):
@@ -125,6 +144,14 @@ class Backend(Protocol):
         """Stop gracefully, kill after ``grace`` seconds, wait, clean up.
 
         Idempotent: stopping an exited workload just reports how it ended.
+        """
+        ...
+
+    async def footprint(self, handle: Handle) -> Footprint:
+        """What the workload holds in memory now (cheap; a few reads).
+
+        Never raises because of the workload's condition: an exited one is
+        ``Footprint()``. Raises BackendUnavailable only if the engine is gone.
         """
         ...
 

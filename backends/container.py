@@ -56,7 +56,7 @@ import asyncio
 import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
 
 import yarl
 
@@ -65,6 +65,7 @@ from backends.base import (
     BackendStartError,
     BackendUnavailable,
     ExitInfo,
+    Footprint,
     Handle,
 )
 from backends.containers import (
@@ -82,10 +83,11 @@ from backends.containers import (
     ownership_labels,
 )
 from backends.probe import HttpProbe
+from backends.procfs import container_memory
 from backends.specs import signal_name
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable
+    from collections.abc import AsyncIterator, Awaitable, Iterable
 
     from backends.base import Health, LaunchSpec
     from backends.specs import ContainerSpec
@@ -105,6 +107,7 @@ WATCH_RETRY_S = 1.0
 
 # An engine's create request: the SDK's keyword arguments or libpod's JSON.
 Request = dict[str, object]
+T = TypeVar("T")
 
 
 class Refused(BackendError):
@@ -231,6 +234,19 @@ class Engine(Protocol):
 
     async def list_owned(self, instance: str) -> list[Summary]:
         """Every container labelled with ``instance``, running or not."""
+        ...
+
+    async def processes(self, ref: str) -> frozenset[int]:
+        """The container's processes as pids of the engine's host (those NVML
+        reports there); empty when it does not run or is gone."""
+        ...
+
+    async def memory_usage(self, ref: str) -> int | None:
+        """The container cgroup's memory in use, in bytes, from the engine's
+        stats (as ``docker stats`` shows it, where the answer has the page
+        cache the kernel can drop at once; libpod 4.3's ``MemUsage`` keeps
+        it in); None when the engine does not say (not running, gone). The
+        fallback for a container whose cgroup cannot be read on this host."""
         ...
 
     def follow_logs(self, ref: str) -> AsyncIterator[bytes]:
@@ -576,6 +592,25 @@ class ContainerBackend(ABC):
         async for line in rec.feed.lines():
             yield line
 
+    async def footprint(self, handle: Handle) -> Footprint:
+        """The container's host pids (the engine's ``top``) and its memory
+        cgroup's usage: read here when the container runs on this host, else
+        the engine's stats."""
+        rec = self._containers.get(handle.ref)
+        if rec is None or rec.exited:
+            return Footprint()
+        # A refused call (an engine without ps, an odd answer) leaves its half
+        # unknown rather than failing the other's figure.
+        pids = await _unless_refused(rec.engine.processes(rec.ref))
+        if pids is not None and not pids:
+            return Footprint()  # no process left: it has exited
+        used = (
+            await asyncio.to_thread(container_memory, pids, rec.ref) if pids else None
+        )
+        if used is None:
+            used = await _unless_refused(rec.engine.memory_usage(rec.ref))
+        return Footprint(pids=pids or frozenset(), host_bytes=used)
+
     async def reap_orphans(self) -> list[str]:
         reaped: list[str] = []
         for url in sorted(self._reap_urls, key=lambda u: u or ""):
@@ -654,6 +689,14 @@ async def _signal(rec: _Container, sig: str) -> None:
             raise BackendError(
                 f"could not signal container {rec.ref[:12]}: {exc}"
             ) from exc
+
+
+async def _unless_refused(call: Awaitable[T]) -> T | None:
+    """The answer, None if the engine refused the call."""
+    try:
+        return await call
+    except Refused:
+        return None
 
 
 def _dict(value: object) -> dict[str, object]:

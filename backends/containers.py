@@ -157,6 +157,22 @@ def pull_error(answer: str | bytes) -> str | None:
     return None
 
 
+def top_pids(answer: object) -> frozenset[int]:
+    """The pids in a ``top`` answer (``{"Titles": [...], "Processes": [[...]]}``),
+    from its host-pid column: ``HPID`` (Podman's descriptor) or ``PID`` (the
+    host's ``ps``, which is what dockerd runs)."""
+    doc = answer if isinstance(answer, dict) else {}
+    titles = [str(t).upper() for t in doc.get("Titles") or []]
+    column = next((titles.index(t) for t in ("HPID", "PID") if t in titles), None)
+    pids: set[int] = set()
+    for row in doc.get("Processes") or [] if column is not None else []:
+        with contextlib.suppress(IndexError, TypeError, ValueError):
+            pids.add(int(row[column]))
+    # Podman shows 0 for a process it cannot map to the host.
+    pids.discard(0)
+    return frozenset(pids)
+
+
 def exit_info(code: int | None, *, forced: bool) -> ExitInfo:
     """Engines report a killed container as 128 + signal; when we killed it,
     say so the way the native backend does (``killed by signal 9``)."""

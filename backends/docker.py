@@ -36,6 +36,7 @@ from backends.containers import (
     post_to_loop,
     pull_error,
     run_in_thread,
+    top_pids,
 )
 
 if TYPE_CHECKING:
@@ -53,6 +54,15 @@ STOP_POLL_MAX_S = 0.05
 # its log stream.
 MAX_POOL = 64
 _BRIDGE_MODES = ("host", "bridge", "none", "default")
+# `top` arguments that list host pids: dockerd runs the host's ps(1) with
+# them; Podman's compatible API reads them as its own descriptors, where
+# "hpid" is the host pid ("pid" would be the one inside the container).
+PS_ARGS_DOCKER = "-o pid"
+PS_ARGS_PODMAN = "hpid"
+# Inactive file pages are dropped first under pressure: docker stats leaves
+# them out (cgroup v1's total_inactive_file, v2's inactive_file). "cache" is
+# what Docker before 19.03 left out; last, for old engines.
+_RECLAIMABLE_KEYS = ("total_inactive_file", "inactive_file", "cache")
 
 
 class _LogStream:
@@ -155,6 +165,7 @@ class DockerEngine:
             raise self._unavailable(exc) from exc
         self._api: Any = self._client.api
         self._api.timeout = timeout_s
+        self._ps_args: str | None = None  # found at the first top
 
     def _probe_socket(self, path: str, timeout_s: float) -> None:
         """Connect once ourselves: the SDK leaks its socket when the first
@@ -322,6 +333,55 @@ class DockerEngine:
             raise container.Refused(_explain(exc)) from exc
         return container.Summary.parse_list(rows)
 
+    async def processes(self, ref: str) -> frozenset[int]:
+        try:
+            answer = await self._call(lambda: self._top(ref))
+        except docker.errors.NotFound:
+            return frozenset()
+        except docker.errors.APIError as exc:
+            # dockerd answers 409 "is not running" for a stopped container.
+            if exc.status_code == 409 or "not running" in _explain(exc):
+                return frozenset()
+            raise container.Refused(_explain(exc)) from exc
+        return top_pids(answer)
+
+    def _top(self, ref: str) -> object:
+        if self._ps_args is None:
+            # Asked once: which engine answers decides how top names host pids.
+            components = self._api.version().get("Components") or []
+            podman = any("podman" in str(c.get("Name", "")).lower() for c in components)
+            self._ps_args = PS_ARGS_PODMAN if podman else PS_ARGS_DOCKER
+        try:
+            return self._api.top(ref, ps_args=self._ps_args)
+        except ValueError:
+            # Podman answers a stopped container's top with an empty 200; the
+            # SDK's JSON error is also an OSError, which _guard would take for
+            # an unreachable engine.
+            return {}
+
+    async def memory_usage(self, ref: str) -> int | None:
+        try:
+            stats = await self._call(lambda: self._stats(ref))
+        except docker.errors.NotFound:
+            return None
+        except docker.errors.APIError as exc:
+            raise container.Refused(_explain(exc)) from exc
+        return memory_in_use(
+            stats.get("memory_stats") if isinstance(stats, dict) else {}
+        )
+
+    def _stats(self, ref: str) -> object:
+        # one_shot (API 1.41+) spares the second sample of CPU figures nobody
+        # reads here; dockerd still answers at its next collection (up to
+        # 1 s), which is why ContainerBackend reads the cgroup when it can.
+        one_shot = docker.utils.version_gte(self._api.api_version, "1.41") or None
+        try:
+            return self._api.stats(ref, stream=False, one_shot=one_shot)
+        except ValueError:
+            # Podman answers a stopped container's stats with an empty body;
+            # the SDK's JSON error is also an OSError (see _top).
+            return {}
+
     async def follow_logs(self, ref: str) -> AsyncIterator[bytes]:
         pump = _LogPump(lambda: self._open_logs(ref), f"docker logs {ref[:12]}")
         try:
@@ -372,6 +432,32 @@ def _split_tag(image: str) -> tuple[str, str | None]:
     return image, "latest"
 
 
+def memory_in_use(memory_stats: object) -> int | None:
+    """A stats answer's ``memory_stats`` as ``docker stats`` shows it: usage
+    without the reclaimable page cache; None when it has no usage (a stopped
+    container's stats are empty)."""
+    mem = memory_stats if isinstance(memory_stats, dict) else {}
+    usage = mem.get("usage")
+    if not isinstance(usage, int):
+        return None
+    detail = mem.get("stats")
+    if not isinstance(detail, dict):
+        detail = {}
+    for key in _RECLAIMABLE_KEYS:
+        value = detail.get(key)
+        if isinstance(value, int):
+            return usage - value if value < usage else usage
+    return usage
+
+
+def placed_requests(devices: tuple[int, ...]) -> list[Any]:
+    """The GPUs the workload is placed on, by NVML index; none: no GPU."""
+    if not devices:
+        return []
+    ids = [str(i) for i in devices]
+    return [docker.types.DeviceRequest(device_ids=ids, capabilities=[["gpu"]])]
+
+
 def device_requests(gpus: str | int | tuple[str, ...] | None) -> list[Any]:
     """``--gpus`` as Docker's DeviceRequest: count -1 is all GPUs."""
     if gpus is None:
@@ -396,7 +482,13 @@ def create_args(
         args["ports"] = {f"{c}/tcp": ("127.0.0.1", h) for c, h in cspec.ports.items()}
     if cspec.mounts:
         args["volumes"] = [m.as_text() for m in cspec.mounts]
-    requests = device_requests(cspec.gpu_request)
+    # A placement replaces the container's own `gpus`: the engine decided
+    # which devices it may use, and counted their memory.
+    requests = (
+        device_requests(cspec.gpu_request)
+        if spec.devices is None
+        else placed_requests(spec.devices)
+    )
     if requests:
         args["device_requests"] = requests
     if cspec.ipc is not None:

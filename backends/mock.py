@@ -28,7 +28,14 @@ from typing import TYPE_CHECKING, ClassVar
 import yarl
 from aiohttp import web
 
-from backends.base import BackendStartError, ExitInfo, Handle, Health, LaunchSpec
+from backends.base import (
+    BackendStartError,
+    ExitInfo,
+    Footprint,
+    Handle,
+    Health,
+    LaunchSpec,
+)
 from backends.containers import ExitLog
 from backends.probe import HttpProbe
 from backends.specs import MockSpec
@@ -182,6 +189,14 @@ class MockBackend:
         assert server.exit is not None
         self._exits.put(handle.ref, server.exit)
         return server.exit
+
+    async def footprint(self, handle: Handle) -> Footprint:
+        """No processes of its own (it runs inside swapvisor); the memory its
+        spec declares (``memory``), from launch until it exits."""
+        server = self._servers.get(handle.ref)
+        if server is None or server.has_exited():
+            return Footprint()
+        return Footprint(host_bytes=server.spec.memory_bytes)
 
     async def wait(self, handle: Handle) -> None:
         """Return once the simulated server has exited."""

@@ -18,17 +18,19 @@ import os
 import shutil
 import signal
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, TypedDict, cast
 
 from backends.base import (
     BackendStartError,
     ExitInfo,
+    Footprint,
     Handle,
     Health,
     LaunchSpec,
 )
 from backends.lifeline import LIFELINE
 from backends.probe import HttpProbe
+from backends.procfs import process_tree, tree_memory
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
@@ -92,8 +94,8 @@ class _ExitAwareProtocol(asyncio.subprocess.SubprocessStreamProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        assert isinstance(transport, asyncio.SubprocessTransport)
-        self._process = transport
+        # uvloop's process transport has the interface without subclassing it.
+        self._process = cast("asyncio.SubprocessTransport", transport)
 
     def process_exited(self) -> None:
         # Read the code first: the base class may close and drop the transport.
@@ -116,7 +118,7 @@ class NativeBackend:
         if not spec.argv:
             raise BackendStartError("empty command")
         try:
-            child = await _launch(spec.argv, {**os.environ, **spec.env}, capture=True)
+            child = await _launch(spec.argv, _placed_env(spec), capture=True)
         except OSError as exc:
             raise BackendStartError(
                 f"failed to start command {list(spec.argv)!r}: {exc.strerror or exc}"
@@ -164,6 +166,17 @@ class NativeBackend:
             if stopper is not None:
                 await _reap_by(stopper, deadline)
 
+    async def footprint(self, handle: Handle) -> Footprint:
+        """The server's process tree (group and descendants) and its PSS."""
+        child = self._children.get(handle.ref)
+        if child is None:
+            return Footprint()
+        # A few hundred small /proc reads, and smaps_rollup walks the page
+        # tables of a big process: off the loop.
+        return await asyncio.to_thread(
+            _measure, child.proc.pid, not child.exited.done()
+        )
+
     async def wait(self, handle: Handle) -> None:
         """Return once the process has exited (used to notice a crash at once)."""
         child = self._children.get(handle.ref)
@@ -192,6 +205,26 @@ class NativeBackend:
         await self._probe.aclose()
 
 
+def _placed_env(spec: LaunchSpec) -> dict[str, str]:
+    """The server's environment; a placed one sees only its GPUs."""
+    env = {**os.environ, **spec.env}
+    if spec.devices is not None:
+        # The placement wins over the config's own value: the engine counted
+        # the memory of exactly these devices. Indices are NVML's (PCI bus
+        # order); CUDA's default order is fastest-first, so ask for bus order
+        # or index 0 could name another card than the one measured.
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in spec.devices)
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    return env
+
+
+def _measure(leader: int, alive: bool) -> Footprint:
+    pids = process_tree(leader, leader_alive=alive)
+    if not pids:
+        return Footprint()
+    return Footprint(pids=pids, host_bytes=tree_memory(pids))
+
+
 async def _launch(argv: Sequence[str], env: dict[str, str], *, capture: bool) -> _Child:
     """Start ``argv`` (no shell) as the leader of a new process group that dies
     with swapvisor: the leader by the parent-death signal, the whole group by
@@ -213,12 +246,25 @@ async def _launch(argv: Sequence[str], env: dict[str, str], *, capture: bool) ->
         stdout=asyncio.subprocess.PIPE if capture else asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.STDOUT,
         env=env,
-        process_group=0,
         preexec_fn=preexec,
+        **_own_group(loop),
     )
     proc = asyncio.subprocess.Process(transport, protocol, loop)
     LIFELINE.hold(proc.pid)
     return _Child(proc, exited)
+
+
+class _GroupArgs(TypedDict, total=False):
+    process_group: int
+    start_new_session: bool
+
+
+def _own_group(loop: asyncio.AbstractEventLoop) -> _GroupArgs:
+    """The child leads a new process group (its pgid is its pid). uvloop
+    rejects ``process_group``; a new session is also a new group there."""
+    if isinstance(loop, asyncio.BaseEventLoop):
+        return {"process_group": 0}
+    return {"start_new_session": True}
 
 
 async def _start_cmd_stop(pid: int, spec: LaunchSpec) -> _Child | None:

@@ -34,6 +34,7 @@ from backends.containers import (
     FrameDecoder,
     common_request,
     pull_error,
+    top_pids,
 )
 
 if TYPE_CHECKING:
@@ -235,6 +236,40 @@ class LibpodEngine:
             raise container.Refused(_message(data, status))
         return container.Summary.parse_list(json.loads(data) if data.strip() else [])
 
+    async def processes(self, ref: str) -> frozenset[int]:
+        # "hpid": psgo's descriptor for the host pid ("pid" is the one in the
+        # container's namespace, which NVML never reports).
+        status, data = await self.request(
+            "GET",
+            f"/containers/{ref}/top",
+            params={"ps_args": "hpid", "stream": "false"},
+        )
+        if status == 404:
+            return frozenset()
+        if status != 200:
+            text = _message(data, status)
+            if status == 409 or "not running" in text:
+                return frozenset()
+            raise container.Refused(text)
+        # A stopped container's top is a 200 with no body (podman 4.3).
+        return top_pids(_json(data)) if data.strip() else frozenset()
+
+    async def memory_usage(self, ref: str) -> int | None:
+        status, data = await self.request(
+            "GET",
+            "/containers/stats",
+            params={"containers": ref, "stream": "false"},
+        )
+        if status == 404:
+            return None
+        if status != 200:
+            raise container.Refused(_message(data, status))
+        rows = _json(data).get("Stats")
+        if not isinstance(rows, list) or not rows or not isinstance(rows[0], dict):
+            return None
+        used = rows[0].get("MemUsage")
+        return used if isinstance(used, int) and not isinstance(used, bool) else None
+
     async def follow_logs(self, ref: str) -> AsyncIterator[bytes]:
         params = {"follow": "true", "stdout": "true", "stderr": "true"}
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
@@ -338,7 +373,13 @@ def create_body(
             }
             for m in named
         ]
-    devices = cdi_devices(cspec.gpu_request)
+    # A placement replaces the container's own `gpus`: the engine decided
+    # which devices it may use, and counted their memory.
+    devices = (
+        cdi_devices(cspec.gpu_request)
+        if spec.devices is None
+        else [f"{CDI_GPU}={i}" for i in spec.devices]
+    )
     if devices:
         body["devices"] = [{"path": d} for d in devices]
     if cspec.ipc is not None:

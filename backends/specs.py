@@ -251,7 +251,10 @@ class MockSpec:
     ``exitCode`` right after launch, before listening. ``ignoreStop``: like a
     server ignoring SIGTERM, stop waits the whole grace and then kills it.
     ``startDelay``, ``stopDelay``, ``chunkDelay``: seconds before it listens,
-    that a graceful shutdown takes, between streamed chunks.
+    that a graceful shutdown takes, between streamed chunks. ``memory``: the
+    host memory its footprint reports while it runs (bytes, or a size such as
+    ``2GiB``), so memory-aware scheduling can be tried without real servers;
+    unset, the footprint's memory is unknown.
     """
 
     # The config block ``models.<id>.mock`` is this dataclass, validated by
@@ -272,14 +275,26 @@ class MockSpec:
     ignore_stop: bool = False
     stop_delay_s: float = 0.0
     chunk_delay_s: float = 0.0
+    memory: int | str | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.memory, bool) or (
+            self.memory is not None and (self.memory_bytes or 0) < 0  # parses it
+        ):
+            raise ValueError("memory: bytes, or a size such as 2GiB")
         if self.start_delay_s < 0 or self.stop_delay_s < 0 or self.chunk_delay_s < 0:
             raise ValueError("mock delays must not be negative")
         if self.health_failures < -1:
             raise ValueError("health_failures: a count, or -1 for never ready")
         if self.crash_after_requests is not None and self.crash_after_requests < 1:
             raise ValueError("crash_after_requests must be at least 1")
+
+    @property
+    def memory_bytes(self) -> int | None:
+        """``memory`` in bytes (sizes in powers of 1024), None when unset."""
+        if self.memory is None or isinstance(self.memory, int):
+            return self.memory
+        return parse_bytes(self.memory)
 
 
 def _camel(snake: str) -> str:

@@ -14,6 +14,7 @@ client's own shape (OpenAI-style on most routes, Anthropic's on /v1/messages)::
     ├── UpstreamStartError                 503  failed to start (exited, bad cmd)
     │   └── ModelUnloaded                  503  unloaded while the request waited
     │   └── CrashLoop                      503  quarantined after failed starts
+    ├── InsufficientMemory                 503  the model can never fit the budget
     ├── ShuttingDown                       503  swapvisor is stopping
     └── UpstreamStartTimeout               504  health deadline passed
 """
@@ -116,6 +117,15 @@ class CrashLoop(UpstreamStartError):
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after = max(1, math.ceil(retry_after_s))
+
+
+class InsufficientMemory(ControllerError):
+    """``use: resources``: the model needs more than the budget can ever give
+    it (or than what persistent models leave); the message says how much it
+    needs and how much there is. Answered at once, nothing is stopped."""
+
+    status = 503
+    code = "insufficient_memory"
 
 
 class ShuttingDown(ControllerError):

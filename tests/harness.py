@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
     from aiohttp import web
 
+    from backends.memory import MemoryProbe
     from controller.dispatch.names import Names
     from controller.engine.router import Router
     from controller.engine.runtime import Runtime
@@ -171,14 +172,21 @@ class Apps:
         root = logging.getLogger("swapvisor")
         self._saved_logger = (root.level, root.propagate, list(root.handlers))
 
-    async def start(self, yaml_text: str, *, log_to_stdout: str | None = None) -> App:
+    async def start(
+        self,
+        yaml_text: str,
+        *,
+        log_to_stdout: str | None = None,
+        memory: MemoryProbe | None = None,
+    ) -> App:
         """Serve ``yaml_text`` (a fresh ``startPort`` block is put in front).
 
         ``log_to_stdout`` None: the ``swapvisor`` loggers are left alone (pytest
         captures them) and the monitors print nothing. A mode (``proxy``,
         ``upstream``, ``both``, ``none``): swapvisor's own log handler is
         installed as the command line does, and the monitors print to
-        ``App.stdout``."""
+        ``App.stdout``. ``memory``: the machine's memory as the resources
+        engine sees it (a fake NVML behind ``SystemMemory``)."""
         start_port = port_block()
         self._count += 1
         path = self.tmp_path / f"app-{self._count}.yaml"
@@ -188,7 +196,7 @@ class Apps:
         logs = Logs(log_to_stdout or "none", stdout=stdout)
         if log_to_stdout is not None:
             install(logs, config.log_level, config.log_time_format)
-        app = create_app(config, NativeBackend(), logs)
+        app = create_app(config, NativeBackend(), logs, memory=memory)
         server = TestServer(app, host="127.0.0.1", handler_cancellation=True)
         client = TestClient(server)
         await client.start_server()

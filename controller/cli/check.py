@@ -14,6 +14,13 @@ from controller.config.loader import load_config
 from controller.config.schema import config_schema
 from controller.engine.eviction import matrix_policy
 from controller.engine.pool import check_backends
+from controller.engine.resources import (
+    LearnedStore,
+    Ledger,
+    budget_of,
+    fmt_bytes,
+    memory_fingerprint,
+)
 from controller.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -52,6 +59,9 @@ def describe(config: Config, warnings: Sequence[str]) -> list[str]:
     engine, groups, _ = config.routing_engine()
     lines = [f"config OK: {len(config.models)} models, router: {engine}"]
     membership = _membership(config, engine, groups)
+    if engine == "resources":
+        budget_lines, membership = _resources(config, membership)
+        lines.extend(budget_lines)
     for mid, model in sorted(config.models.items()):
         lines.append(f"model {mid}")
         lines.append(f"  cmd:   {shlex.join(model.argv())}")
@@ -88,6 +98,76 @@ def _membership(config: Config, engine: str, groups: dict[str, Any]) -> dict[str
         for member in group.members:
             out[member] = f"group: {gid} ({flags})"
     return out
+
+
+def _resources(
+    config: Config, membership: dict[str, str]
+) -> tuple[list[str], dict[str, str]]:
+    """The budget on this machine, and each model's needs: declared, learned
+    (from the learned-figures file), and whether it can ever fit."""
+    from backends.memory import SystemMemory
+
+    resources = config.resources
+    assert resources is not None
+    probe = SystemMemory.open()
+    try:
+        host, devices = probe.host(), probe.devices()
+    finally:
+        probe.close()
+    budget = budget_of(resources, host.total, devices)
+    store = LearnedStore(resources.learned_path())
+    ledger = Ledger(budget, store, lambda _m: False)
+    ledger.configure(
+        {
+            mid: (
+                m.needs,
+                config.pinned_gpus(mid),
+                memory_fingerprint(config.launch_spec(mid)),
+            )
+            for mid, m in config.models.items()
+        },
+        config.never_evicted(),
+    )
+    reserve = (
+        f"RAM {fmt_bytes(budget.reserve_ram)}, VRAM {fmt_bytes(budget.reserve_vram)}"
+    )
+    lines = [f"budget: {budget.describe()} (reserve: {reserve} per GPU)"]
+    out = {}
+    for mid in config.models:
+        out[mid] = membership[mid].replace("group: (default)", "").strip()
+        facts = ledger.facts[mid]
+        parts = []
+        if facts.declared is not None:
+            parts.append(
+                "declared " + _need_text(facts.declared.vram, facts.declared.ram)
+            )
+        if facts.learned is not None:
+            parts.append(
+                "learned " + _need_text(facts.learned.vram_total, facts.learned.ram)
+            )
+        if not parts:
+            parts.append("unknown (runs alone on its first load, then learned)")
+        if facts.pins is not None:
+            parts.append(f"gpus {list(facts.pins)}")
+        if mid in ledger.protected:
+            parts.append("stays loaded")
+        text = "needs: " + "; ".join(parts)
+        need = ledger.estimate(mid)
+        if need is not None:
+            pins = facts.pins or tuple(sorted(budget.gpus))
+            if ledger.place(mid, need, budget.ram, budget.gpus, pins) is None:
+                text += " -- can never fit this budget (insufficient_memory)"
+        out[mid] = f"{out[mid]}\n  {text}".strip() if out[mid] else text
+    return lines, out
+
+
+def _need_text(vram: int | None, ram: int | None) -> str:
+    parts = []
+    if vram:
+        parts.append(f"VRAM {fmt_bytes(vram)}")
+    if ram:
+        parts.append(f"RAM {fmt_bytes(ram)}")
+    return ", ".join(parts) or "nothing"
 
 
 def _sets_of(policy: MatrixPolicy, model: str) -> list[str]:

@@ -64,9 +64,10 @@ def _routing(config: Config) -> None:
         )
     if config.groups and config.matrix is not None:
         raise ValueError("config cannot use both 'groups' and 'matrix'")
-    if block.use not in ("", "group", "matrix"):
+    if block.use not in ("", "group", "matrix", "resources"):
         raise ValueError(
-            f'routing.router.use: unknown router "{block.use}" (valid: group, matrix)'
+            f'routing.router.use: unknown router "{block.use}" '
+            "(valid: group, matrix, resources)"
         )
     if block.use == "matrix" and block.settings.matrix is None:
         raise ValueError(
@@ -78,6 +79,8 @@ def _routing(config: Config) -> None:
         assert matrix is not None
         program_from_config(matrix, list(config.models))  # ConfigError names the set
         return
+    if engine == "resources":
+        _pins_on_budget(config)
     member_of: dict[str, str] = {}
     for gid, group in groups.items():
         for i, member in enumerate(group.members):
@@ -93,11 +96,27 @@ def _routing(config: Config) -> None:
             member_of[member] = gid
 
 
+def _pins_on_budget(config: Config) -> None:
+    """A model pinned to a GPU the budget does not list can never start."""
+    resources = config.resources
+    if resources is None or isinstance(resources.gpus, str):
+        return  # gpus: auto — checked against NVML when swapvisor starts
+    listed = {g.index for g in resources.gpus}
+    for mid in sorted(config.models):
+        pins = config.models[mid].gpus or ()
+        missing = sorted(set(pins) - listed)
+        if missing:
+            raise ValueError(
+                f"model {mid}: gpus {missing} not in "
+                f"routing.router.settings.resources.gpus (listed: {sorted(listed)})"
+            )
+
+
 def _members_exist(config: Config) -> None:
     """Last, as llama-swap finds an unknown member only when it builds the
     router, after every load-time check."""
     engine, groups, _ = config.routing_engine()
-    for gid, group in groups.items() if engine == "group" else ():
+    for gid, group in groups.items() if engine != "matrix" else ():
         for member in group.members:
             if member not in config.models:
                 raise ValueError(
@@ -194,6 +213,8 @@ def _spillover(config: Config, sid: str, resolved: list[str]) -> None:
     if len(local) < 2:
         return
     engine, groups, matrix = config.routing_engine()
+    if engine == "resources":
+        return  # whether targets fit together is measured, not declared
     if engine == "matrix":
         assert matrix is not None
         if not program_from_config(matrix, list(config.models)).coexist(set(local)):

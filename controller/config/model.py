@@ -34,9 +34,11 @@ from controller.config.sections import (
     GroupConfig,
     Hooks,
     MatrixConfig,
+    Needs,
     PeerConfig,
     PerformanceSettings,
     ProfileConfig,
+    ResourcesConfig,
     Routing,
     Section,
     SelectorConfig,
@@ -120,6 +122,20 @@ class ModelConfig(Section):
     docker: ContainerBlock | None = None
     podman: ContainerBlock | None = None
     mock: MockSpec | None = None
+    # The resources engine: what the model holds (else learned) and the GPUs
+    # it must run on (else placed where there is room).
+    needs: Needs | None = None
+    gpus: list[int] | None = None
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None:
+            if not v or any(i < 0 for i in v) or len(set(v)) != len(v):
+                raise ValueError(
+                    f"must be a non-empty list of distinct GPU indices, got {v}"
+                )
+        return v
 
     @model_validator(mode="after")
     def _one_backend(self) -> ModelConfig:
@@ -390,7 +406,9 @@ class Config(Section):
     def routing_engine(
         self,
     ) -> tuple[str, dict[str, GroupConfig], MatrixConfig | None]:
-        """The active swap engine: ("group", groups, None) or ("matrix", {}, m)."""
+        """The active swap engine: ("group", groups, None), ("matrix", {}, m)
+        or ("resources", groups, None), where the groups only mark persistent
+        models."""
         block = self.routing.router
         if self.matrix is not None:
             return "matrix", {}, self.matrix
@@ -398,7 +416,54 @@ class Config(Section):
             return "group", self.groups, None
         if block.use == "matrix":
             return "matrix", {}, block.settings.matrix
+        if block.use == "resources":
+            return "resources", block.settings.groups, None
         return "group", block.settings.groups, None
+
+    @property
+    def resources(self) -> ResourcesConfig | None:
+        """The memory engine's budget, when ``use: resources`` is active."""
+        if self.routing_engine()[0] != "resources":
+            return None
+        return self.routing.router.settings.resources or ResourcesConfig()
+
+    @property
+    def max_wait_s(self) -> float:
+        """fifo ``maxWait``: 0 means queued requests never stop new grants."""
+        return self.routing.scheduler.settings.fifo.max_wait
+
+    @property
+    def min_residency_s(self) -> float:
+        return self.routing.scheduler.settings.fifo.min_residency
+
+    def never_evicted(self) -> frozenset[str]:
+        """Under ``use: resources``: members of persistent groups and the
+        first target of every ``pin`` selector stay loaded once started."""
+        engine, groups, _ = self.routing_engine()
+        kept = {m for g in groups.values() if g.persistent for m in g.members}
+        if engine == "resources":
+            for selector in self.selectors.values():
+                if selector.strategy == "pin" and selector.targets:
+                    if (mid := self.resolve(selector.targets[0])) is not None:
+                        kept.add(mid)
+        return frozenset(kept & set(self.models))
+
+    def needs_of(self, model_id: str) -> Needs | None:
+        return self.models[model_id].needs
+
+    def pinned_gpus(self, model_id: str) -> tuple[int, ...] | None:
+        """The GPUs a model must run on: its ``gpus``, else a numeric
+        ``CUDA_VISIBLE_DEVICES`` in its env (the user already placed it)."""
+        m = self.models[model_id]
+        if m.gpus is not None:
+            return tuple(m.gpus)
+        for entry in m.env:
+            key, _, value = entry.partition("=")
+            if key.strip() == "CUDA_VISIBLE_DEVICES":
+                parts = [p.strip() for p in value.split(",") if p.strip()]
+                if parts and all(p.isdigit() for p in parts):
+                    return tuple(int(p) for p in parts)
+        return None
 
     def priority(self, model_id: str) -> int:
         """fifo priority of a model id; a key may also be one of its aliases

@@ -118,7 +118,8 @@ _DESCRIPTIONS: dict[str, dict[str, str]] = {
         "includeAliasesInList": "Also list each alias in /v1/models.",
         "hooks": "on_startup.preload: models loaded at startup and after reload.",
         "upstream": "ignorePaths: /upstream/<model>/ paths that never load a model.",
-        "routing": "router (group or matrix swap engine) and scheduler (fifo).",
+        "routing": "router (group, matrix or resources swap engine) and "
+        "scheduler (fifo).",
         "groups": "Legacy spelling of routing.router.settings.groups.",
         "matrix": "Legacy spelling of routing.router.settings.matrix.",
         "peers": "Remote OpenAI-compatible servers, addressed as <peer>/<model>.",
@@ -169,10 +170,34 @@ _DESCRIPTIONS: dict[str, dict[str, str]] = {
         "compat": "ignoreWebsockets: websockets never load this model.",
         "healthCheckTimeout": "swapvisor extension: this model's start deadline "
         "in seconds (no 15 s floor).",
+        "needs": "swapvisor (use: resources): {vram, ram} the model holds, e.g. "
+        "{vram: 18GiB, ram: 2GiB}; learned from measurement when absent, and a "
+        "learned figure above it wins.",
+        "gpus": "swapvisor (use: resources): GPU indices the model must run on "
+        "(else placed where there is room).",
+    },
+    "ResourcesConfig": {
+        "gpus": "auto (every GPU NVML reports, at its full memory) or a list of "
+        "{index, memory}.",
+        "ram": "Host memory swapvisor may plan with: bytes (12GiB, 800MiB) or a "
+        "percentage of the host's RAM (default 80%).",
+        "reserve": "{vram, ram} never planned: vram per GPU, ram on the host.",
+        "learnedFile": "Where learned figures are kept across restarts (default "
+        "<user cache>/swapvisor/learned-memory.json).",
+    },
+    "RouterSettings": {
+        "resources": "The memory budget of use: resources.",
+    },
+    "FifoSettings": {
+        "maxWait": "swapvisor: seconds a queued request waits before the models "
+        "blocking it get no new requests, so its swap happens once they drain "
+        "(0: no bound; default 30; llama-swap has no bound).",
+        "minResidency": "swapvisor: seconds a model just loaded is kept before a "
+        "swap may evict it (default 0).",
     },
 }
 _ENUMS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("RouterBlock", "use", ("group", "matrix")),
+    ("RouterBlock", "use", ("group", "matrix", "resources")),
     ("SchedulerBlock", "use", ("fifo",)),
     ("SelectorConfig", "strategy", ("warm", "pin", "spillover")),
 )

@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -261,9 +262,134 @@ class MatrixConfig(Section):
     sets: dict[str, str] = Field(default_factory=dict)
 
 
+def _size(value: object, what: str) -> int:
+    """A byte size: an integer, or text such as ``12GiB``, ``800MiB``, ``1g``."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what}: not a size: {value!r}")
+    if isinstance(value, int):
+        size = value
+    else:
+        size = parse_bytes(str(value))
+    if size < 0:
+        raise ValueError(f"{what}: must not be negative")
+    return size
+
+
+class Needs(Section):
+    """``models.<id>.needs``: what a model holds, declared (swapvisor extension).
+
+    ``vram`` is the accelerator memory it needs in all (split over its
+    devices), ``ram`` the host memory. Unset: learned from measurement.
+    """
+
+    vram: int | None = None
+    ram: int | None = None
+
+    @field_validator("vram", "ram", mode="before")
+    @classmethod
+    def _bytes(cls, v: object, info: ValidationInfo) -> int | None:
+        return None if v is None else _size(v, str(info.field_name))
+
+
+class GpuBudget(Section):
+    """One GPU the resources engine may fill, and how much of it."""
+
+    index: int = Field(validate_default=True, default=-1)
+    memory: int = Field(validate_default=True, default=-1)
+
+    @field_validator("index")
+    @classmethod
+    def _index(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("index is required (a GPU index >= 0)")
+        return v
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory(cls, v: object) -> int:
+        if v == -1:
+            raise ValueError("memory is required (e.g. 24GiB)")
+        return _size(v, "memory")
+
+
+class Reserve(Section):
+    """Memory the resources engine never plans to use: ``vram`` per GPU."""
+
+    vram: int = 0
+    ram: int = 0
+
+    @field_validator("vram", "ram", mode="before")
+    @classmethod
+    def _bytes(cls, v: object, info: ValidationInfo) -> int:
+        return _size(v, str(info.field_name))
+
+
+_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+
+
+class ResourcesConfig(Section):
+    """``routing.router.settings.resources`` (swapvisor's memory engine).
+
+    ``gpus: auto`` takes every GPU NVML reports, at its full memory; a list
+    names the GPUs and their memory. ``ram`` is bytes or a percentage of the
+    host's memory.
+    """
+
+    gpus: str | list[GpuBudget] = "auto"
+    ram: str | int = "80%"
+    reserve: Reserve = Field(default_factory=Reserve)
+    # Where learned figures are kept across restarts (default: beside the
+    # slot cache, <user cache dir>/swapvisor/learned-memory.json).
+    learned_file: str = ""
+
+    def learned_path(self) -> Path:
+        if self.learned_file:
+            return Path(self.learned_file).expanduser()
+        return slot_root("").parent / "learned-memory.json"
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _gpus(cls, v: object) -> str | list[GpuBudget]:
+        # One message for either shape (a plain union reports both failures).
+        if isinstance(v, str) and v.strip() == "auto":
+            return "auto"
+        if not isinstance(v, list):
+            raise ValueError(
+                f'must be "auto" or a list of {{index, memory}}, got {v!r}'
+            )
+        out = []
+        for i, item in enumerate(v):
+            try:
+                out.append(GpuBudget.model_validate(item))
+            except ValidationError as exc:
+                msg = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+                raise ValueError(f"[{i}]: {msg}") from None
+        indices = [g.index for g in out]
+        if len(set(indices)) != len(indices):
+            raise ValueError(f"GPU indices must be unique, got {indices}")
+        return out
+
+    @field_validator("ram")
+    @classmethod
+    def _ram(cls, v: str | int) -> str | int:
+        ram_fraction_or_bytes(v)
+        return v
+
+
+def ram_fraction_or_bytes(value: str | int) -> tuple[float | None, int | None]:
+    """``"80%"`` → (0.8, None); ``"12GiB"`` or 12884901888 → (None, bytes)."""
+    if isinstance(value, str) and (m := _PERCENT.match(value)):
+        fraction = float(m.group(1)) / 100
+        if not 0 < fraction <= 1:
+            raise ValueError(f"a percentage must be in (0%, 100%], got {value}")
+        return fraction, None
+    return None, _size(value, "ram")
+
+
 class RouterSettings(Section):
     groups: dict[str, GroupConfig] = Field(default_factory=dict)
     matrix: MatrixConfig | None = None
+    resources: ResourcesConfig | None = None
 
 
 class RouterBlock(Section):
@@ -273,6 +399,18 @@ class RouterBlock(Section):
 
 class FifoSettings(Section):
     priority: dict[str, int] = Field(default_factory=dict)
+    # swapvisor: a request queued this long stops new grants to the models
+    # blocking it, so its swap happens once they drain (0: no bound).
+    max_wait: float = 30.0
+    # swapvisor: a model just made ready is not evicted for this long.
+    min_residency: float = 0.0
+
+    @field_validator("max_wait", "min_residency")
+    @classmethod
+    def _seconds(cls, v: float, info: ValidationInfo) -> float:
+        if v < 0:
+            raise ValueError(f"must be >= 0 seconds, got {v}")
+        return v
 
 
 class SchedulerSettings(Section):

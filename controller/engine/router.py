@@ -15,6 +15,17 @@ from typing import TYPE_CHECKING
 
 from backends.base import BackendUnavailable
 from controller.engine.eviction import build_policy
+from controller.engine.resources import (
+    Decision,
+    LearnedStore,
+    Ledger,
+    Measured,
+    ResourcePolicy,
+    budget_of,
+    explain_model,
+    memory_fingerprint,
+    memory_needed,
+)
 from controller.engine.scheduler import Scheduler, Ticket
 from controller.engine.sleep import sleep_spec
 from controller.engine.slots import (
@@ -34,13 +45,23 @@ from controller.errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Set
+    from collections.abc import AsyncIterator, Awaitable, Callable, Set
 
     from backends.base import LaunchSpec
+    from backends.memory import MemoryProbe
     from controller.config.model import Config
     from controller.engine.pool import BackendPool
+    from controller.engine.scheduler import EvictionPolicy
 
 log = logging.getLogger("swapvisor.router")
+
+# Measure a model again after each of its first requests (what it holds grows
+# once its KV cache and compute buffers are used).
+MEASURED_REQUESTS = 3
+# How long a start waits for freed memory to show up (drivers release lazily),
+# and how often it looks.
+MEMORY_WAIT_S = 10.0
+MEMORY_POLL_S = 0.1
 
 
 def slot_store(config: Config) -> SlotStore:
@@ -101,9 +122,20 @@ class Router:
         config: Config,
         backends: BackendPool,
         model_logs: Callable[[str], LogSink] | None = None,
+        memory: MemoryProbe | None = None,
     ) -> None:
         self.config = config
         self.backends = backends
+        # use: resources — the machine's memory, and the accounting over it.
+        self._memory = memory
+        self.ledger: Ledger | None = None
+        # The last decision that touched each model, in words (/api/explain).
+        self.decisions: dict[str, Decision] = {}
+        # (model, what it holds; None once it holds nothing): metrics.
+        self.memory_listeners: list[Callable[[str, Measured | None], None]] = []
+        # (model, seconds a start waited for freed memory to show up)
+        self.memory_wait_listeners: list[Callable[[str, float], None]] = []
+        self._requests_since_load: dict[str, int] = {}
         self._slot_store = slot_store(config)
         # (model, save or restore report): metrics; called synchronously.
         self.slot_listeners: list[Callable[[str, SlotReport], None]] = []
@@ -114,7 +146,9 @@ class Router:
         }
         # Upstreams a reload removed or changed, still draining their requests.
         self._retiring: set[asyncio.Task[None]] = set()
-        self.scheduler = Scheduler(self, build_policy(config), config.concurrency_limit)
+        self.scheduler = Scheduler(
+            self, self._policy(config), config.concurrency_limit, self._queued
+        )
         self._grants: dict[int, asyncio.Future[Upstream]] = {}
         # Per model: the upstream a swap is making ready, and that wait.
         self._starting: dict[str, tuple[Upstream, asyncio.Task[None]]] = {}
@@ -126,6 +160,198 @@ class Router:
         self.grant_listeners: list[Callable[[str, float], None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
+
+    # -- the memory engine ------------------------------------------------------------
+
+    def _policy(self, config: Config) -> EvictionPolicy:
+        """The config's eviction policy; for ``use: resources`` the ledger's,
+        kept across reloads (what it learned and what models hold stays)."""
+        resources = config.resources
+        if resources is None:
+            self.ledger = None
+            return build_policy(config)
+        probe = self._memory_probe()
+        budget = budget_of(resources, probe.host().total, probe.devices())
+        if self.ledger is None:
+            path = resources.learned_path()
+            self.ledger = Ledger(budget, LearnedStore(path), self._busy, self.decisions)
+        self.ledger.budget = budget
+        self.ledger.configure(
+            {
+                mid: (
+                    config.models[mid].needs,
+                    config.pinned_gpus(mid),
+                    memory_fingerprint(config.launch_spec(mid)),
+                )
+                for mid in config.models
+            },
+            config.never_evicted(),
+        )
+        for mid, upstream in getattr(self, "upstreams", {}).items():
+            # Switched to this engine while models run: they hold their
+            # estimate until measured.
+            if upstream.running and mid not in self.ledger.allocations:
+                self.ledger.adopt(mid)
+        log.info("memory budget: %s", budget.describe())
+        return ResourcePolicy(self.ledger)
+
+    def _memory_probe(self) -> MemoryProbe:
+        if self._memory is None:
+            from backends.memory import SystemMemory  # NVML only for this engine
+
+            self._memory = SystemMemory.open()
+        return self._memory
+
+    def _busy(self, model: str) -> bool:
+        return self.scheduler.in_flight(model) > 0
+
+    def _queued(self, ticket: Ticket) -> None:
+        """A request had to wait: after fifo maxWait the models blocking it
+        get no new grants."""
+        wait = self.config.max_wait_s
+        if wait > 0:
+            asyncio.get_running_loop().call_later(wait, self.scheduler.overdue, ticket)
+
+    def _measure_soon(self, upstream: Upstream) -> None:
+        if self.ledger is None or self._closing:
+            return
+        task = asyncio.create_task(
+            self._measure(upstream), name=f"measure {upstream.id}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _measure(self, upstream: Upstream) -> None:
+        """What ``upstream``'s workload holds now: host memory from its
+        backend, GPU memory from NVML for its processes. Reported to the
+        ledger (which learns it) and to the memory listeners."""
+        footprint = await upstream.footprint()
+        ledger = self.ledger
+        if footprint is None or ledger is None or self._memory is None:
+            return
+        probe = self._memory
+        per_pid = await asyncio.to_thread(probe.processes) if footprint.pids else {}
+        vram: dict[int, int] = {}
+        for pid in footprint.pids:
+            for index, used in per_pid.get(pid, {}).items():
+                vram[index] = vram.get(index, 0) + used
+        measured = Measured(footprint.host_bytes, vram, time.time())
+        if self.upstreams.get(upstream.id) is not upstream:
+            return  # replaced by a reload meanwhile
+        if upstream.state is UpstreamState.SLEEPING:
+            ledger.measured_asleep(upstream.id, measured)
+        elif upstream.state is UpstreamState.READY:
+            ledger.measured(upstream.id, measured, upstream.loads)
+        else:
+            return
+        for listener in self.memory_listeners:
+            listener(upstream.id, measured)
+
+    async def _memory_settled(
+        self, target: str, needed: tuple[int, dict[int, int]] | None
+    ) -> None:
+        """Wait (bounded) until the memory ``target`` needs shows up as free
+        (``needed``: RAM and bytes per GPU): drivers release a stopped
+        process's memory lazily."""
+        probe = self._memory
+        if needed is None or probe is None:
+            return
+        ram, devices = needed
+        if not ram and not any(devices.values()):
+            return
+        began = time.monotonic()
+        while True:
+            host = await asyncio.to_thread(probe.host)
+            free = {d.index: d.free for d in await asyncio.to_thread(probe.devices)}
+            short = [
+                f"GPU {i}" for i, b in devices.items() if b and free.get(i, b) < b
+            ] + (["RAM"] if ram and host.available < ram else [])
+            waited = time.monotonic() - began
+            if not short or waited >= MEMORY_WAIT_S:
+                break
+            await asyncio.sleep(MEMORY_POLL_S)
+        for listener in self.memory_wait_listeners:
+            listener(target, waited)
+        if short:
+            log.warning(
+                "%s: memory on %s did not show up as free within %g s; starting anyway",
+                target,
+                ", ".join(short),
+                MEMORY_WAIT_S,
+            )
+            self._note(
+                target,
+                f"started although {', '.join(short)} still showed too little "
+                f"free memory after {MEMORY_WAIT_S:g} s",
+            )
+
+    def _note(self, model: str, text: str) -> None:
+        self.decisions[model] = Decision(time.time(), text)
+
+    async def explain(self) -> dict[str, object]:
+        """Per model: state, needs (declared, learned, estimate), placement,
+        what it holds and the last decision that touched it, in words; and
+        the budget (``GET /api/explain``; advisory)."""
+        ledger = self.ledger
+        budget: dict[str, object] | None = None
+        if ledger is not None:
+            probe = self._memory_probe()
+            host = await asyncio.to_thread(probe.host)
+            devices = await asyncio.to_thread(probe.devices)
+            budget = ledger.describe_budget(host, devices)
+        waiting = self._waiting_reasons()
+        models = []
+        for mid, st in self.status().items():
+            entry: dict[str, object] = {
+                "id": mid,
+                "state": st.state.value,
+                "in_flight": st.in_flight,
+            }
+            entry.update(explain_model(ledger, mid))
+            decision = self.decisions.get(mid)
+            entry["decision"] = None if decision is None else decision.as_json()
+            entry["waiting"] = waiting.get(mid)
+            models.append(entry)
+        engine = self.config.routing_engine()[0]
+        return {"engine": engine, "budget": budget, "models": models}
+
+    def _waiting_reasons(self) -> dict[str, str]:
+        """Why each model with queued requests waits, in words."""
+        out: dict[str, str] = {}
+        swapping = self.scheduler.swapping()
+        for ticket in self.scheduler.queued():
+            mid = ticket.model
+            if mid in out:
+                continue
+            if any(mid in evict for evict in swapping.values()):
+                out[mid] = "waiting: a swap is stopping it"
+                continue
+            try:
+                evict = self.scheduler.evictions(mid)
+            except ControllerError as exc:
+                out[mid] = f"refused: {exc.message}"
+                continue
+            busy = sorted(m for m in evict if self.scheduler.in_flight(m))
+            if busy:
+                out[mid] = "waiting: " + ", ".join(
+                    f"{m} draining {self.scheduler.in_flight(m)} request(s)"
+                    for m in busy
+                )
+            elif swapping:
+                out[mid] = (
+                    "waiting: another swap ("
+                    + ", ".join(sorted(swapping))
+                    + ") must finish"
+                )
+            else:
+                out[mid] = "waiting"
+        for held, blocked in self.scheduler.held().items():
+            out.setdefault(
+                held,
+                f"held: no new requests until {blocked} (waiting longer than "
+                "maxWait) gets its turn",
+            )
+        return out
 
     # -- what handlers use ------------------------------------------------------------
 
@@ -229,7 +455,7 @@ class Router:
         port, or the GPU memory, the new one needs).
         """
         old = self.config
-        policy = build_policy(config)
+        policy = self._policy(config)
         self._slot_store = slot_store(config)
         # Everything that can fail (a backend that cannot be made) happens
         # before anything changes: a failed reload leaves the old one whole.
@@ -342,12 +568,22 @@ class Router:
         return self.upstreams[model].state is UpstreamState.READY
 
     def start_swap(self, target: str, evict: frozenset[str]) -> None:
+        if self.ledger is not None:
+            self.ledger.commit(target, evict)
+            self.upstreams[target].devices = self.ledger.devices_for(target)
+        else:
+            when = time.strftime("%H:%M:%S")
+            rules = self.config.routing_engine()[0]
+            for m in evict:
+                self._note(m, f"evicted at {when} to start {target} ({rules} rules)")
         task = asyncio.create_task(self._swap(target, evict), name=f"swap to {target}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     def grant(self, ticket: Ticket) -> None:
         upstream = self.upstreams[ticket.model]
+        if self.ledger is not None:
+            self.ledger.used(ticket.model)
         if ticket.counted:
             upstream.acquire()
         # Remembered so the release reaches this Upstream even if a config
@@ -366,6 +602,16 @@ class Router:
         upstream = self._serving.pop(ticket.id)
         if ticket.counted:
             upstream.release()
+            if self.ledger is not None:
+                self._after_request(upstream)
+
+    def _after_request(self, upstream: Upstream) -> None:
+        assert self.ledger is not None
+        self.ledger.used(upstream.id)
+        seen = self._requests_since_load.get(upstream.id, MEASURED_REQUESTS)
+        if seen < MEASURED_REQUESTS:
+            self._requests_since_load[upstream.id] = seen + 1
+            self._measure_soon(upstream)
 
     # -- internals ------------------------------------------------------------------
 
@@ -379,14 +625,17 @@ class Router:
                 )
             # Stop nothing for a start that cannot happen.
             await self._check_engine(target)
+            # What must come back, known before the evicted models let go.
+            needed = memory_needed(self.ledger, target, evict) if self.ledger else None
             # Each evicted model sleeps if it can, else stops.
             await asyncio.gather(
                 *(
-                    u.make_room()
+                    self._make_room(u, target)
                     for m in evict
                     if (u := self.upstreams.get(m)) is not None
                 )
             )
+            await self._memory_settled(target, needed)
             await self._ensure_current(target)
         except ControllerError as exc:
             error = exc
@@ -396,7 +645,33 @@ class Router:
         if error is None:
             for listener in self.swap_listeners:
                 listener(target, time.monotonic() - began)
-        self.scheduler.swap_done(target, error)
+        elif self.ledger is not None:
+            upstream = self.upstreams.get(target)
+            if upstream is None or upstream.state not in (
+                UpstreamState.READY,
+                UpstreamState.SLEEPING,
+            ):
+                self.ledger.stopped(target)  # its reservation is void
+                self._note(target, f"start failed: {error.message}")
+        self.scheduler.swap_done(target, error, self._residency_hold(target, error))
+
+    def _make_room(self, upstream: Upstream, target: str) -> Awaitable[None]:
+        if self.ledger is None:
+            return upstream.make_room()
+        stop = self.ledger.eviction_stops(upstream.id, target)
+        return upstream.make_room(stop=stop, reason="memory")
+
+    def _residency_hold(
+        self, target: str, error: ControllerError | None
+    ) -> Ticket | None:
+        """fifo minResidency: a model just loaded is held (as if busy) that
+        long, so the next swap cannot evict it at once."""
+        seconds = self.config.min_residency_s
+        if error is not None or seconds <= 0 or self._closing:
+            return None
+        hold = Ticket(target, counted=False)
+        asyncio.get_running_loop().call_later(seconds, self.scheduler.release, hold)
+        return hold
 
     async def _check_engine(self, target: str) -> None:
         """A container model whose engine is unreachable: 503 naming the
@@ -460,10 +735,40 @@ class Router:
             )
             for listener in self.state_listeners:
                 listener(change)
+        if self.ledger is not None:
+            self._account(upstream, new)
         if new in (UpstreamState.STOPPED, UpstreamState.FAILED):
             self.scheduler.drain()
         if old is UpstreamState.STOPPING and new is UpstreamState.FAILED:
             self._restart_if_kept(upstream)
+
+    def _account(self, upstream: Upstream, new: UpstreamState) -> None:
+        """Keep the ledger's allocations true to the model's state."""
+        ledger = self.ledger
+        assert ledger is not None
+        mid = upstream.id
+        current = self.upstreams.get(mid)
+        if new in (UpstreamState.STOPPED, UpstreamState.FAILED):
+            # A swap that will start it again keeps the memory it reserved;
+            # a retired upstream's stop frees it unless its replacement runs.
+            holding = (
+                current is not None
+                and current is not upstream
+                and (current.running or current.state is UpstreamState.SLEEPING)
+            )
+            if mid not in self.scheduler.swapping() and not holding:
+                ledger.stopped(mid)
+                for listener in self.memory_listeners:
+                    listener(mid, None)
+            return
+        if current is not upstream:
+            return  # a retired upstream: its replacement owns the entry
+        if new is UpstreamState.READY:
+            self._requests_since_load[mid] = 0
+            self._measure_soon(upstream)
+        elif new is UpstreamState.SLEEPING:
+            ledger.asleep(mid)
+            self._measure_soon(upstream)
 
     def _restart_if_kept(self, upstream: Upstream) -> None:
         """A preloaded or persistent model that died while idle starts again

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from backends.base import Backend
+    from backends.memory import MemoryProbe
     from controller.config.model import Config
     from controller.engine.upstream import LogSink
 
@@ -33,10 +34,11 @@ class Runtime:
         backend: Backend,
         model_logs: Callable[[str], LogSink] | None = None,
         instance: str | None = None,
+        memory: MemoryProbe | None = None,
     ) -> None:
         self.config = config
         self.backends = BackendPool(backend, instance or default_instance())
-        self.router = Router(config, self.backends, model_logs)
+        self.router = Router(config, self.backends, model_logs, memory)
         # The most any model gets to stop gracefully at shutdown (None: its
         # unloadTimeout), so a deployment's grace period can bound shutdown.
         self.shutdown_grace_cap: float | None = None

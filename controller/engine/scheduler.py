@@ -47,6 +47,8 @@ class Ticket:
     # Counted in concurrencyLimit and in flight; attached sessions only keep
     # their model from being swapped out.
     counted: bool = True
+    # Queued longer than fifo maxWait: the models blocking it get no new grants.
+    overdue: bool = False
 
 
 class Effects(Protocol):
@@ -74,7 +76,11 @@ class Effects(Protocol):
 
 
 class EvictionPolicy(Protocol):
-    def evict(self, target: str, running: Set[str]) -> frozenset[str]: ...
+    def evict(self, target: str, running: Set[str]) -> frozenset[str]:
+        """The running models that must stop before ``target`` starts. May
+        raise a ControllerError when ``target`` can never start (the memory
+        engine's insufficient_memory): its request is refused."""
+        ...
 
 
 @dataclass(slots=True)
@@ -90,10 +96,14 @@ class Scheduler:
         effects: Effects,
         policy: EvictionPolicy,
         limit: Callable[[str], int],
+        on_queued: Callable[[Ticket], None] | None = None,
     ) -> None:
         self._effects = effects
         self._policy = policy
         self._limit = limit
+        # Told when a ticket first queues (the router arms its maxWait timer).
+        self._on_queued = on_queued
+        self._overdue = 0  # queued tickets past maxWait
         self._reserved: Counter[str] = Counter()  # admitted and not finished
         self._serving: Counter[str] = Counter()  # granted and not finished
         self._queue: list[Ticket] = []
@@ -124,7 +134,7 @@ class Scheduler:
         if ticket.counted:
             self._reserved[ticket.model] -= 1
         if state is TicketState.QUEUED:
-            self._queue.remove(ticket)
+            self._dequeue(ticket)
         elif state is TicketState.JOINED:
             self._swaps[ticket.model].waiters.remove(ticket)
         elif state is TicketState.SERVING:
@@ -147,8 +157,16 @@ class Scheduler:
         self._grant(ticket)
         return True
 
-    def swap_done(self, target: str, error: ControllerError | None) -> None:
+    def swap_done(
+        self, target: str, error: ControllerError | None, hold: Ticket | None = None
+    ) -> None:
+        """The swap to ``target`` ended. ``hold``: on success, an uncounted
+        ticket granted before anything else is decided (fifo minResidency:
+        while it is held, no swap evicts the model just loaded)."""
         swap = self._swaps.pop(target)
+        if hold is not None and error is None:
+            hold.counted = False
+            self._grant(hold)
         for ticket in swap.waiters:
             if error is None:
                 self._grant(ticket)
@@ -171,7 +189,7 @@ class Scheduler:
         self, models: Set[str], error: Callable[[str], ControllerError]
     ) -> None:
         for ticket in [t for t in self._queue if t.model in models]:
-            self._queue.remove(ticket)
+            self._dequeue(ticket)
             self._reject(ticket, error(ticket.model))
         for target in models & self._swaps.keys():
             swap = self._swaps[target]
@@ -199,7 +217,17 @@ class Scheduler:
         """Re-examine queued requests in order (after any change)."""
         for ticket in list(self._queue):
             if ticket.state is TicketState.QUEUED and self._decide(ticket):
-                self._queue.remove(ticket)
+                self._dequeue(ticket)
+
+    def overdue(self, ticket: Ticket) -> None:
+        """``ticket`` has waited fifo ``maxWait``: from now on the models whose
+        eviction it waits for get no new grants, so they drain and its swap
+        happens (one busy model can no longer starve it)."""
+        if ticket.state is not TicketState.QUEUED or ticket.overdue:
+            return
+        ticket.overdue = True
+        self._overdue += 1
+        self.drain()
 
     # -- introspection (advisory only) -------------------------------------------
 
@@ -223,6 +251,18 @@ class Scheduler:
     def swapping(self) -> dict[str, frozenset[str]]:
         return {t: s.evict for t, s in self._swaps.items()}
 
+    def held(self) -> dict[str, str]:
+        """Models that get no new grants, each with the overdue model it
+        waits to make room for."""
+        held: dict[str, str] = {}
+        if not self._overdue:
+            return held
+        for ticket in self._queue:
+            if ticket.overdue:
+                for model in self._blocking(ticket):
+                    held.setdefault(model, ticket.model)
+        return held
+
     # -- the decision ------------------------------------------------------------
 
     def _decide(self, ticket: Ticket) -> bool:
@@ -234,12 +274,15 @@ class Scheduler:
             ticket.state = TicketState.JOINED
             self._swaps[target].waiters.append(ticket)
             return True
-        # The target itself is left out: a matrix solver treats a running target
-        # as "evict nothing", which is wrong while that target is still stopping.
-        running = (set(self._effects.running()) | self._swaps.keys()) - {target}
-        evict = self._policy.evict(target, running)
+        try:
+            evict = self.evictions(target)
+        except ControllerError as error:  # it can never start: refuse, stop nothing
+            self._reject(ticket, error)
+            return True
         threatened = any(target in s.evict for s in self._swaps.values())
         if not evict and not threatened and self._effects.is_ready(target):
+            if self._overdue and target in self.held():
+                return False  # an older request waits for this model to drain
             self._grant(ticket)
             return True
         if threatened or self._collides(evict):
@@ -250,6 +293,21 @@ class Scheduler:
         self._swaps[target] = _Swap(evict, [ticket])
         self._effects.start_swap(target, evict)
         return True
+
+    def evictions(self, target: str) -> frozenset[str]:
+        """What the policy would evict to start ``target`` now (may raise)."""
+        # The target itself is left out: a matrix solver treats a running target
+        # as "evict nothing", which is wrong while that target is still stopping.
+        running = (set(self._effects.running()) | self._swaps.keys()) - {target}
+        return self._policy.evict(target, running)
+
+    def _blocking(self, ticket: Ticket) -> frozenset[str]:
+        """The busy models ``ticket``'s swap waits for."""
+        try:
+            evict = self.evictions(ticket.model)
+        except ControllerError:
+            return frozenset()
+        return frozenset(m for m in evict if self._serving[m])
 
     def _collides(self, evict: frozenset[str]) -> bool:
         return any(
@@ -264,6 +322,13 @@ class Scheduler:
             len(self._queue),
         )
         self._queue.insert(index, ticket)
+        if self._on_queued is not None:
+            self._on_queued(ticket)
+
+    def _dequeue(self, ticket: Ticket) -> None:
+        self._queue.remove(ticket)
+        if ticket.overdue:
+            self._overdue -= 1
 
     def _grant(self, ticket: Ticket) -> None:
         ticket.state = TicketState.SERVING

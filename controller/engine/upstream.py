@@ -15,7 +15,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from backends.base import (
@@ -24,6 +24,7 @@ from backends.base import (
     BackendStartError,
     BackendUnavailable,
     ExitInfo,
+    Footprint,
     Handle,
     Health,
     LaunchSpec,
@@ -174,6 +175,9 @@ class Upstream:
         self._backend = backend
         self._on_change = on_change
         self._handle: Handle | None = None
+        # GPUs the memory engine placed the next start on (None: not placed).
+        self.devices: tuple[int, ...] | None = None
+        self._loads = 0
         self._ready: asyncio.Future[None] | None = None
         self._start_task: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Task[None] | None = None
@@ -223,9 +227,11 @@ class Upstream:
             assert self._stop_task is not None
             await asyncio.shield(self._stop_task)
 
-    async def make_room(self) -> None:
-        """A swap evicts this model: it sleeps if it can, else it stops."""
-        if self.sleep_spec is not None and not self._closed:
+    async def make_room(self, *, stop: bool = False, reason: str = "swap") -> None:
+        """A swap evicts this model: it sleeps if it can, else it stops.
+        ``stop``: stop it even if it could sleep or is asleep (the memory
+        engine needs what a sleeping server still holds)."""
+        if self.sleep_spec is not None and not self._closed and not stop:
             if self.state is S.READY:
                 self._begin_sleep()
             if self.state is S.SLEEPING:
@@ -233,7 +239,7 @@ class Upstream:
                     return  # already asleep
                 if await self._asleep():
                     return
-        await self.stop(reason="swap")
+        await self.stop(reason=reason)
 
     async def _asleep(self) -> bool:
         """Wait for the sleep in progress: True once asleep. A sleep that a
@@ -358,6 +364,22 @@ class Upstream:
     @property
     def backend(self) -> Backend:
         return self._backend
+
+    @property
+    def loads(self) -> int:
+        """How many times it was launched: names a load (learned figures)."""
+        return self._loads
+
+    async def footprint(self) -> Footprint | None:
+        """What its workload holds now; None when it has none (advisory)."""
+        handle = self._handle
+        if handle is None or self.state not in (S.READY, S.SLEEPING):
+            return None
+        try:
+            return await self._backend.footprint(handle)
+        except BackendError as exc:
+            log.debug("%s: footprint unavailable: %s", self.id, exc)
+            return None
 
     @property
     def base_url(self) -> str:
@@ -528,8 +550,12 @@ class Upstream:
     async def _launch_and_wait(self) -> None:
         if self.slots is not None:
             self.slots.prepare()
+        self._loads += 1
         try:
-            self._handle = await self._backend.start(self.id, self.spec)
+            spec = self.spec
+            if self.devices is not None:
+                spec = replace(spec, devices=self.devices)
+            self._handle = await self._backend.start(self.id, spec)
         except (BackendStartError, BackendUnavailable) as exc:
             raise UpstreamStartError(f"model {self.id} failed to start: {exc}") from exc
         handle = self._handle

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from aiohttp.web_urldispatcher import AbstractRoute
 
     from backends.base import Backend
+    from backends.memory import MemoryProbe
     from controller.config.model import Config
 
 # Requests carry audio files and base64 images; llama-swap sets no limit.
@@ -91,6 +92,7 @@ ROUTES: tuple[Route, ...] = (
     Route(hdrs.METH_GET, "/metrics/upstreams", monitoring.upstream_metrics),
     Route(hdrs.METH_GET, "/api/performance", monitoring.performance),
     Route(hdrs.METH_GET, "/api/hardware", monitoring.hardware),
+    Route(hdrs.METH_GET, "/api/explain", monitoring.explain),
     # The web UI (§9).
     Route(hdrs.METH_GET, "/", models.root, open=True),
     Route(hdrs.METH_GET, "/ui", ui.serve_ui),
@@ -104,13 +106,15 @@ def create_app(
     backend: Backend,
     logs: Logs | None = None,
     instance: str | None = None,
+    memory: MemoryProbe | None = None,
 ) -> web.Application:
     """The whole server on ``backend`` (native processes; container and mock
     backends are made as models need them). ``logs`` outlive reloads;
-    ``instance`` labels the containers this server owns."""
+    ``instance`` labels the containers this server owns; ``memory`` is the
+    machine's memory as ``use: resources`` sees it (default: /proc and NVML)."""
     logs = logs or Logs(log_to_stdout="none")
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=MIDDLEWARES)
-    app[RUNTIME] = runtime = Runtime(config, backend, logs.model, instance)
+    app[RUNTIME] = runtime = Runtime(config, backend, logs.model, instance, memory)
     app[NAMES] = Names(runtime)
     app[PROXY] = Proxy()
     wiring.setup(app, config, logs)

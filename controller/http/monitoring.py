@@ -228,3 +228,10 @@ async def hardware(request: web.Request) -> web.Response:
     if holder.snapshot is None:
         holder.snapshot = await asyncio.to_thread(hardware_snapshot, holder.probe)
     return web.json_response(holder.snapshot)
+
+
+async def explain(request: web.Request) -> web.Response:
+    """``GET /api/explain``: per model its state, declared and learned needs,
+    placement and the last decision that touched it, in words; the memory
+    budget under ``use: resources``."""
+    return web.json_response(await request.app[RUNTIME].router.explain())

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
     from controller.config.model import Config
     from controller.config.sections import PerformanceSettings
+    from controller.engine.router import Router
     from controller.engine.states import StateChange
     from controller.observability.logs import Logs
 
@@ -95,8 +96,21 @@ def connect_runtime(app: web.Application) -> None:
     rt.router.swap_listeners.append(metrics.swap_done)
     rt.router.slot_listeners.append(metrics.slots)
     rt.router.grant_listeners.append(metrics.queue_wait)
+    rt.router.memory_listeners.append(metrics.model_memory)
+    rt.router.memory_wait_listeners.append(metrics.memory_wait)
+    rt.reload_listeners.append(lambda _config: _budget(rt.router, metrics))
+    _budget(rt.router, metrics)
     for mid, now in rt.router.status().items():
         metrics.state_changed(mid, now.state.value)
+
+
+def _budget(router: Router, metrics: Metrics) -> None:
+    """The memory budget gauge, as the resources engine planned it."""
+    ledger = router.ledger
+    if ledger is None:
+        metrics.memory_budget(None, {})
+        return
+    metrics.memory_budget(ledger.budget.ram, ledger.budget.gpus)
 
 
 def _count(metrics: Metrics, change: StateChange) -> None:

@@ -20,8 +20,11 @@ Series (all prefixed ``swapvisor_``):
   starts only), ``upstream_starts_total{model}`` (every start attempt),
   ``upstream_start_failures_total{model}``, ``upstream_crashes_total{model}``;
 * ``queue_depth``, ``queue_wait_seconds{model}``;
-* ``evictions_total{model,reason}`` (reason: swap, ttl, unload, reload,
-  shutdown), ``model_state{model,state}`` (1 for the current state, 0 for the
+* ``use: resources``: ``model_memory_bytes{model,device}`` (measured; device
+  ``ram`` or ``gpuN``), ``memory_budget_bytes{device}``,
+  ``memory_wait_seconds{model}`` (a start waiting for freed memory);
+* ``evictions_total{model,reason}`` (reason: swap, memory, ttl, unload,
+  reload, shutdown), ``model_state{model,state}`` (1 for the current state, 0 for the
   other four of stopped, starting, ready, stopping, failed),
   ``model_quarantined_seconds{model}`` (time left in a crash-loop quarantine),
   ``model_asleep_seconds{model}`` (time asleep);
@@ -65,6 +68,7 @@ from controller.observability.perf import SystemSampler
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping
 
+    from controller.engine.resources import Measured
     from controller.engine.slots import SlotReport
     from controller.observability.gpu import GpuProbe, GpuSample
     from controller.observability.perf import SysSample
@@ -73,7 +77,7 @@ log = logging.getLogger("swapvisor.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # as llama-swap's
 MODEL_STATES = tuple(s.value for s in UpstreamState)
-EVICTION_REASONS = ("swap", "ttl", "unload", "reload", "shutdown")
+EVICTION_REASONS = ("swap", "memory", "ttl", "unload", "reload", "shutdown")
 TOKEN_KINDS = ("input", "output", "cached")
 
 # Inference takes from milliseconds (a cached embedding) to many minutes.
@@ -204,6 +208,25 @@ class Metrics:
             ["model", "reason"],
             registry=r,
         )
+        self._memory = Gauge(
+            "swapvisor_model_memory_bytes",
+            "What a model holds, measured (use: resources): device ram or gpuN",
+            ["model", "device"],
+            registry=r,
+        )
+        self._budget = Gauge(
+            "swapvisor_memory_budget_bytes",
+            "Memory use: resources may plan with, after reserve: ram or gpuN",
+            ["device"],
+            registry=r,
+        )
+        self._memory_wait = Histogram(
+            "swapvisor_memory_wait_seconds",
+            "Time a start waited for freed memory to show up",
+            ["model"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
         self._state = Gauge(
             "swapvisor_model_state",
             "1 for the model's current state, else 0",
@@ -242,6 +265,7 @@ class Metrics:
             registry=r,
         )
         self._gauged: set[str] = set()  # models with state/in-flight gauges
+        self._memory_devices: dict[str, tuple[str, ...]] = {}
 
     # --- events ---------------------------------------------------------
 
@@ -315,6 +339,32 @@ class Metrics:
     def asleep(self, model: str, seconds: float) -> None:
         self._gauged.add(model)
         self._asleep.labels(model).set(max(0.0, seconds))
+
+    def model_memory(self, model: str, measured: Measured | None) -> None:
+        """A model's measured memory; None: it holds nothing (series removed)."""
+        for device in self._memory_devices.pop(model, ()):
+            with contextlib.suppress(KeyError):
+                self._memory.remove(model, device)
+        if measured is None:
+            return
+        figures = {f"gpu{i}": b for i, b in measured.vram.items()}
+        if measured.ram is not None:
+            figures["ram"] = measured.ram
+        for device, value in figures.items():
+            self._memory.labels(model, device).set(value)
+        self._memory_devices[model] = tuple(figures)
+
+    def memory_budget(self, ram: int | None, gpus: Mapping[int, int]) -> None:
+        """The budget's capacity per device; ``ram`` None: no budget."""
+        self._budget.clear()
+        if ram is None:
+            return
+        self._budget.labels("ram").set(ram)
+        for index, capacity in gpus.items():
+            self._budget.labels(f"gpu{index}").set(capacity)
+
+    def memory_wait(self, model: str, s: float) -> None:
+        self._memory_wait.labels(model).observe(s)
 
     def slots(self, model: str, report: SlotReport) -> None:
         """One keepSlots save or restore (``controller.engine.slots``)."""

@@ -314,7 +314,7 @@ def test_legacy_groups_and_matrix_together() -> None:
 
 def test_unknown_router() -> None:
     assert error_of(AB + "routing:\n  router: {use: swap}\n") == (
-        'routing.router.use: unknown router "swap" (valid: group, matrix)'
+        'routing.router.use: unknown router "swap" (valid: group, matrix, resources)'
     )
 
 

@@ -469,3 +469,83 @@ def test_scheduler_priority_decides_which_swap_starts_first() -> None:
     submit(sched, "c", priority=9)
     sched.release(a)
     assert fx.swaps == [("c", frozenset({"a"}))]
+
+
+# -- fifo maxWait, policy refusals and residency holds ---------------------------------
+
+
+def test_an_overdue_request_stops_new_grants_to_the_model_blocking_it() -> None:
+    sched, fx = make(("a", "b"))
+    ready(fx, "a")
+    busy = submit(sched, "a")
+    waiting = submit(sched, "b")  # a must go first, and a is busy
+    assert state_of(waiting) is TicketState.QUEUED
+    later = submit(sched, "a")
+    assert state_of(later) is TicketState.SERVING  # no bound yet: served at once
+    sched.overdue(waiting)
+    assert sched.held() == {"a": "b"}
+    held = submit(sched, "a")
+    assert state_of(held) is TicketState.QUEUED  # a gets nothing new now
+    sched.release(busy)
+    assert fx.swaps == []  # later is still in flight on a
+    sched.release(later)
+    assert fx.swaps == [("b", frozenset({"a"}))]  # b's turn, before held
+    assert state_of(held) is TicketState.QUEUED
+    finish_swap(sched, fx)
+    assert state_of(waiting) is TicketState.SERVING
+    assert sched.held() == {}
+    sched.release(waiting)
+    assert fx.swaps[-1] == ("a", frozenset({"b"}))  # then held's model again
+
+
+def test_overdue_after_the_ticket_left_the_queue_changes_nothing() -> None:
+    sched, fx = make(("a", "b"))
+    ready(fx, "a")
+    t = submit(sched, "a")
+    sched.overdue(t)  # granted at once: never queued
+    assert sched.held() == {}
+    assert state_of(submit(sched, "a")) is TicketState.SERVING
+
+
+class Refusing:
+    """A policy that refuses one model (as the memory engine refuses a model
+    that can never fit)."""
+
+    def evict(self, target: str, running: Set[str]) -> frozenset[str]:
+        if target == "huge":
+            raise UpstreamStartError("model huge can never fit")
+        return frozenset(running)
+
+
+def test_a_policy_refusal_rejects_the_request_and_starts_nothing() -> None:
+    fx = RecordingEffects()
+    sched = Scheduler(fx, Refusing(), lambda _m: 10)
+    ready(fx, "a")
+    t = submit(sched, "huge")
+    assert state_of(t) is TicketState.DONE
+    assert [(x.model, e.message) for x, e in fx.rejected] == [
+        ("huge", "model huge can never fit")
+    ]
+    assert fx.swaps == []
+    assert sched.queued() == []
+    # Its slot in concurrencyLimit was given back.
+    for _ in range(10):
+        submit(sched, "huge")
+
+
+def test_a_residency_hold_keeps_the_new_model_from_being_swapped_out() -> None:
+    sched, fx = make(("a", "b"))
+    submit(sched, "a")
+    hold = Ticket("a")
+    target = next(iter(sched.swapping()))
+    fx.running_models.add(target)
+    fx.ready_models.add(target)
+    sched.swap_done(target, None, hold)
+    assert hold.counted is False and state_of(hold) is TicketState.SERVING
+    for t in list(fx.granted):
+        if t is not hold:
+            sched.release(t)
+    b = submit(sched, "b")
+    assert state_of(b) is TicketState.QUEUED  # a is held
+    sched.release(hold)
+    assert fx.swaps[-1] == ("b", frozenset({"a"}))

@@ -1,18 +1,32 @@
-"""A fake ``pynvml`` for tests: two GPUs with fixed figures.
+"""A fake ``pynvml`` for tests: two GPUs with fixed figures, whose memory a
+test can change.
 
 It has the function and constant names
-``controller.observability.gpu.NvmlProbe`` uses, with pynvml's units (bytes,
-milliwatts, degrees C, percent) and its error type.
+``controller.observability.gpu.NvmlProbe`` and ``backends.memory.SystemMemory``
+use, with pynvml's units (bytes, milliwatts, degrees C, percent) and its error
+type.
 
 GPU 0 (an H100) answers everything. GPU 1 (an A100 SXM, passively cooled)
 raises "Not Supported" for the fan and the memory temperature, as real cards
-do. ``unsupported`` adds more ``(index, function name)`` pairs that raise;
-``init_error`` makes ``nvmlInit`` raise like a machine without the driver.
+do. ``unsupported`` adds more ``(index, function name)`` pairs that raise (a
+device without process information: its
+``nvmlDeviceGetComputeRunningProcesses``); ``init_error`` makes ``nvmlInit``
+raise like a machine without the driver.
+
+Memory, for the scheduling tests: ``set_memory`` changes a device's base
+used/total; ``add_process`` puts a process's memory on a device (listed by
+``nvmlDeviceGet{Compute,Graphics}RunningProcesses`` and counted in the
+device's used memory; ``None`` bytes: NVML cannot tell, as pynvml reports
+``NVML_VALUE_NOT_AVAILABLE``); ``remove_process(..., linger=N)`` plays the
+driver's lazy release: the process is no longer listed, but its memory still
+shows as used for N more ``nvmlDeviceGetMemoryInfo`` calls on that device
+(``linger=None``: until ``release``). With none of these the figures are the
+fixed ones above.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 NVML_ERROR_NOT_SUPPORTED = 3
@@ -85,6 +99,25 @@ GPUS = (
 DRIVER_VERSION = "550.54.15"
 
 
+@dataclass
+class _Lingering:
+    """Memory of a process that is gone but not yet released by the driver."""
+
+    used: int
+    reads_left: int | None  # None: until released
+
+
+@dataclass
+class DeviceState:
+    """What a test changed on one device; the rest is its ``FakeGpu``."""
+
+    used: int | None = None  # base used bytes; None: the FakeGpu's
+    total: int | None = None
+    compute: dict[int, int | None] = field(default_factory=dict)  # pid -> bytes
+    graphics: dict[int, int | None] = field(default_factory=dict)
+    lingering: dict[int, _Lingering] = field(default_factory=dict)
+
+
 class FakeNvml:
     """Stands in for the ``pynvml`` module. Handles are the GPU indexes."""
 
@@ -105,6 +138,61 @@ class FakeNvml:
         self.initialised = False
         self.shutdowns = 0
         self.calls: list[str] = []
+        self.state = [DeviceState() for _ in gpus]
+
+    # -- scripting memory ------------------------------------------------------
+
+    def set_memory(
+        self, index: int, *, used: int | None = None, total: int | None = None
+    ) -> None:
+        """The device's base used memory and/or its total, in bytes; processes
+        added with ``add_process`` count on top of the base."""
+        st = self.state[index]
+        if used is not None:
+            st.used = used
+        if total is not None:
+            st.total = total
+
+    def add_process(
+        self, index: int, pid: int, used: int | None, *, graphics: bool = False
+    ) -> None:
+        """``pid`` holds ``used`` bytes on the device (None: NVML cannot tell)."""
+        st = self.state[index]
+        (st.graphics if graphics else st.compute)[pid] = used
+        st.lingering.pop(pid, None)
+
+    def remove_process(self, index: int, pid: int, *, linger: int | None = 0) -> None:
+        """``pid`` is gone from the device; its memory stays counted as used
+        for ``linger`` more memory readings (None: until ``release``)."""
+        st = self.state[index]
+        held = [st.compute.pop(pid, None), st.graphics.pop(pid, None)]
+        used = max((b for b in held if b is not None), default=0)
+        if used and (linger is None or linger > 0):
+            st.lingering[pid] = _Lingering(used, linger)
+
+    def release(self, index: int, pid: int | None = None) -> None:
+        """The driver frees what ``pid`` (None: every gone process) left."""
+        st = self.state[index]
+        if pid is None:
+            st.lingering.clear()
+        else:
+            st.lingering.pop(pid, None)
+
+    def device_used(self, index: int) -> int:
+        """What ``nvmlDeviceGetMemoryInfo`` reports as used, without counting
+        a reading."""
+        st, g = self.state[index], self.gpus[index]
+        base = g.mem_used if st.used is None else st.used
+        # A process in both lists has one context's memory: count it once.
+        per_pid: dict[int, int] = {}
+        for procs in (st.compute, st.graphics):
+            for pid, used in procs.items():
+                per_pid[pid] = max(per_pid.get(pid, 0), used or 0)
+        return (
+            base
+            + sum(per_pid.values())
+            + sum(item.used for item in st.lingering.values())
+        )
 
     def _gpu(self, handle: int, fn: str) -> FakeGpu:
         self.calls.append(fn)
@@ -142,8 +230,28 @@ class FakeNvml:
 
     def nvmlDeviceGetMemoryInfo(self, handle: int) -> SimpleNamespace:
         g = self._gpu(handle, "nvmlDeviceGetMemoryInfo")
-        free = g.mem_total - g.mem_used
-        return SimpleNamespace(total=g.mem_total, used=g.mem_used, free=free)
+        st = self.state[handle]
+        total = g.mem_total if st.total is None else st.total
+        used = self.device_used(handle)
+        # This reading counted: lingering memory is one reading nearer release.
+        for pid, item in list(st.lingering.items()):
+            if item.reads_left is not None:
+                item.reads_left -= 1
+                if item.reads_left <= 0:
+                    del st.lingering[pid]
+        return SimpleNamespace(total=total, used=used, free=max(total - used, 0))
+
+    def nvmlDeviceGetComputeRunningProcesses(
+        self, handle: int
+    ) -> list[SimpleNamespace]:
+        self._gpu(handle, "nvmlDeviceGetComputeRunningProcesses")
+        return _process_infos(self.state[handle].compute)
+
+    def nvmlDeviceGetGraphicsRunningProcesses(
+        self, handle: int
+    ) -> list[SimpleNamespace]:
+        self._gpu(handle, "nvmlDeviceGetGraphicsRunningProcesses")
+        return _process_infos(self.state[handle].graphics)
 
     def nvmlDeviceGetTemperature(self, handle: int, sensor: int) -> int:
         assert sensor == NVML_TEMPERATURE_GPU
@@ -179,3 +287,14 @@ class FakeNvml:
 
     def nvmlDeviceGetArchitecture(self, handle: int) -> int:
         return self._gpu(handle, "nvmlDeviceGetArchitecture").arch
+
+
+def _process_infos(procs: dict[int, int | None]) -> list[SimpleNamespace]:
+    """As pynvml's ``c_nvmlProcessInfo_t`` list: ``usedGpuMemory`` None when
+    NVML cannot tell."""
+    return [
+        SimpleNamespace(
+            pid=pid, usedGpuMemory=used, gpuInstanceId=None, computeInstanceId=None
+        )
+        for pid, used in procs.items()
+    ]

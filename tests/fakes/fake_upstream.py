@@ -18,6 +18,11 @@ Request-body knobs (top-level JSON keys) for tests: ``fake_chunks``,
 ``fake_delay``, ``fake_chunk_delay``, ``fake_crash_midstream``, ``fake_status``
 and ``fake_reply``.  A last user message of the form ``echo: TEXT`` makes the
 reply ``TEXT``.  See ``--help`` for the process-level failure flags.
+
+Memory, for the footprint tests: ``--hold-mib N`` allocates and touches N MiB
+before listening (so it is held once ``/health`` answers 200, as a loaded
+model is), ``--grow-mib N`` N more MiB when the first POST arrives, before it
+is answered (as a server's KV cache fills on first use).
 """
 
 from __future__ import annotations
@@ -142,6 +147,7 @@ class Config:
         self.ready_at = 0.0
         self.started_at = time.monotonic()
         self.post_count = 0
+        self.grow_mib = 0  # allocated at the first POST
         self.lock = threading.Lock()
 
     def count_post(self) -> int:
@@ -466,6 +472,9 @@ class FakeHandler(BaseHTTPRequestHandler):
 
         cfg = self.cfg
         n = cfg.count_post()
+        if n == 1 and cfg.grow_mib:
+            hold_memory(cfg.grow_mib)
+            log(f"grew by {cfg.grow_mib} MiB")
         if cfg.crash_after is not None and n >= cfg.crash_after:
             log(f"crash-after: request {n}, exiting with code 7")
             exit_now(7)
@@ -967,11 +976,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--ignore-sigterm", action="store_true")
     p.add_argument(
+        "--hold-mib",
+        type=int,
+        default=0,
+        metavar="N",
+        help="allocate and touch N MiB of memory before listening",
+    )
+    p.add_argument(
+        "--grow-mib",
+        type=int,
+        default=0,
+        metavar="N",
+        help="allocate and touch N more MiB when the first POST arrives",
+    )
+    p.add_argument(
         "--spawn-child",
         action="store_true",
         help="spawn a sleeping grandchild process and print 'child pid N'",
     )
     return p.parse_args(argv)
+
+
+_HELD: list[bytearray] = []  # alive for the life of the process
+
+
+def hold_memory(mib: int) -> None:
+    """Allocate ``mib`` MiB and write to every page, so all of it is resident
+    (a fresh allocation is mapped lazily, to the shared zero page)."""
+    buf = bytearray(mib << 20)
+    page = 4096
+    buf[::page] = b"\x01" * len(range(0, len(buf), page))
+    _HELD.append(buf)
 
 
 def _log_progress(cfg: Config, every_s: float) -> None:
@@ -1026,6 +1061,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.startup_delay > 0:
         time.sleep(float(args.startup_delay))
+    if args.hold_mib > 0:
+        hold_memory(int(args.hold_mib))
+        log(f"holding {args.hold_mib} MiB")
 
     cfg = Config(
         host=str(args.host),
@@ -1037,6 +1075,7 @@ def main(argv: list[str] | None = None) -> int:
         crash_after=args.crash_after,
         hang_health_after=args.hang_health_after,
     )
+    cfg.grow_mib = max(int(args.grow_mib), 0)
     try:
         server = FakeServer(cfg)
     except OSError as exc:

@@ -7,6 +7,12 @@ listens on a port; the tests drive the controller's own state machines.
 
 ``held()`` says which workloads exist (launched and not yet stopped): the
 property tests check that each is counted as running or being reaped.
+
+``footprints[model]`` is what ``footprint()`` reports for the model's live
+workload (default ``Footprint()``); a test changes it at will to play a
+server whose memory grows. Measuring is not an operation the call sequence
+tests follow: it is counted in ``footprint_calls``, not in ``calls``, but can
+be held or failed like the others (``"footprint"``).
 """
 
 from __future__ import annotations
@@ -16,14 +22,14 @@ import itertools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from backends.base import BackendStartError, ExitInfo, Handle, Health
+from backends.base import BackendStartError, ExitInfo, Footprint, Handle, Health
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from backends.base import LaunchSpec
 
-OPS = ("start", "health", "logs", "stop", "wait", "check")
+OPS = ("start", "health", "logs", "stop", "wait", "check", "footprint")
 
 
 @dataclass
@@ -62,6 +68,9 @@ class ScriptedBackend:
         self.scripts: dict[str, Script] = {}
         self.workloads: dict[str, Workload] = {}
         self.calls: list[tuple[str, str]] = []  # (op, model), in order
+        # model -> what footprint() reports for its live workload
+        self.footprints: dict[str, Footprint] = {}
+        self.footprint_calls: list[str] = []  # models, in order
         self._ids = itertools.count(1)
         self._probes: dict[str, int] = {}
 
@@ -155,6 +164,20 @@ class ScriptedBackend:
             return
         while (line := await w.lines.get()) is not None:
             yield line
+
+    async def footprint(self, handle: Handle) -> Footprint:
+        self.footprint_calls.append(handle.model)
+        script = self.script(handle.model)
+        gate = script.gates.get("footprint")
+        if gate is not None:
+            await gate.wait()
+        error = script.fail.get("footprint")
+        if error is not None:
+            raise error
+        w = self.workloads.get(handle.ref)
+        if w is None or not w.alive:
+            return Footprint()
+        return self.footprints.get(handle.model, Footprint())
 
     async def check_engine(self, spec: LaunchSpec) -> None:
         """As container backends: raise when the model's engine is away."""
