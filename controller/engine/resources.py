@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from controller.config.sections import ram_fraction_or_bytes
+from controller.engine.scheduler import MustWait
 from controller.engine.slots import launch_fingerprint
 from controller.errors import InsufficientMemory
 
@@ -412,6 +413,8 @@ class Ledger:
         if facts is None:
             return None
         declared, learned = facts.declared, facts.learned
+        if declared is not None and declared.vram is None and declared.ram is None:
+            declared = None  # needs: {} declares nothing
         if declared is None and learned is None:
             return None
         vram = max(
@@ -466,8 +469,17 @@ class Ledger:
                 return Plan(frozenset(evicted), placement, need.ram, False)
             helper = self._next_helper(need, ram, pins, candidates, evicted)
             if helper is None:  # only protected models hold what it needs
+                unmeasured = sorted(
+                    m for m in holders if m in self.protected and self._unmeasured(m)
+                )
+                if unmeasured:  # they hold all that was left until measured
+                    raise MustWait(f"{', '.join(unmeasured)} not measured yet")
                 raise self._insufficient(target, need, pins, holders, protected=True)
             evicted.append(helper)
+
+    def _unmeasured(self, model: str) -> bool:
+        """A model planned as unknown that has no measurement of this load."""
+        return self.estimate(model) is None
 
     def _plan_unknown(
         self,

@@ -26,7 +26,7 @@ from controller.engine.resources import (
     memory_fingerprint,
     memory_needed,
 )
-from controller.engine.scheduler import Scheduler, Ticket
+from controller.engine.scheduler import MustWait, Scheduler, Ticket
 from controller.engine.sleep import sleep_spec
 from controller.engine.slots import (
     SlotFiles,
@@ -246,6 +246,9 @@ class Router:
             return
         for listener in self.memory_listeners:
             listener(upstream.id, measured)
+        # What it holds may have shrunk (a model never measured held all
+        # that was left): a request queued behind it may fit beside it now.
+        self.scheduler.drain()
 
     async def _memory_settled(
         self, target: str, needed: tuple[int, dict[int, int]] | None
@@ -330,6 +333,9 @@ class Router:
                 evict = self.scheduler.evictions(mid)
             except ControllerError as exc:
                 out[mid] = f"refused: {exc.message}"
+                continue
+            except MustWait as exc:
+                out[mid] = f"waiting: {exc}"
                 continue
             busy = sorted(m for m in evict if self.scheduler.in_flight(m))
             if busy:

@@ -75,11 +75,17 @@ class Effects(Protocol):
         ...
 
 
+class MustWait(Exception):
+    """Raised by a policy: ``target`` cannot be planned yet, but may be once
+    something changes (a model that stays loaded was not measured yet); the
+    request queues and is decided again on the next drain."""
+
+
 class EvictionPolicy(Protocol):
     def evict(self, target: str, running: Set[str]) -> frozenset[str]:
         """The running models that must stop before ``target`` starts. May
         raise a ControllerError when ``target`` can never start (the memory
-        engine's insufficient_memory): its request is refused."""
+        engine's insufficient_memory): its request is refused; or MustWait."""
         ...
 
 
@@ -279,6 +285,8 @@ class Scheduler:
         except ControllerError as error:  # it can never start: refuse, stop nothing
             self._reject(ticket, error)
             return True
+        except MustWait:
+            return False
         threatened = any(target in s.evict for s in self._swaps.values())
         if not evict and not threatened and self._effects.is_ready(target):
             if self._overdue and target in self.held():
@@ -305,7 +313,7 @@ class Scheduler:
         """The busy models ``ticket``'s swap waits for."""
         try:
             evict = self.evictions(ticket.model)
-        except ControllerError:
+        except (ControllerError, MustWait):
             return frozenset()
         return frozenset(m for m in evict if self._serving[m])
 

@@ -7,6 +7,7 @@ bound."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Any
 
 from tests.conftest import fake_cmd, wait_until
@@ -227,3 +228,24 @@ async def test_a_model_that_grows_after_its_first_request_is_measured_again(
     async with asyncio.timeout(10):
         while not await grown():
             await asyncio.sleep(0.02)
+
+
+async def test_min_residency_keeps_a_model_just_loaded(
+    apps: Apps, tmp_path: Path
+) -> None:
+    models = {
+        "a": hold("a", 10, needs="{ram: 400MiB}"),
+        "b": hold("b", 10, needs="{ram: 400MiB}"),
+    }
+    app = await apps.start(
+        config(tmp_path, "600MiB", models, fifo="        minResidency: 0.5")
+    )
+    assert await app.reply("a") == "hello from a"
+    loaded = time.monotonic()
+    assert await app.reply("b") == "hello from b"  # waits out a's residency
+    assert time.monotonic() - loaded >= 0.5
+    assert app.running() == ["b"]
+    # b is resident now too: a request for a right away waits again.
+    began = time.monotonic()
+    assert await app.reply("a") == "hello from a"
+    assert time.monotonic() - began >= 0.4
