@@ -60,6 +60,14 @@ GIB = 1 << 30
 RECENT_LOADS = 5  # learned figure: the largest of this many recent loads
 
 
+RETIRED = "\0retired:"
+
+
+def retired_key(model: str) -> str:
+    """The ledger key of a reload-replaced server that still holds memory."""
+    return RETIRED + model
+
+
 def memory_fingerprint(spec: LaunchSpec) -> str:
     """``launch_fingerprint`` with the model's port taken out: what a server
     holds does not depend on the port ``${PORT}`` handed it this time."""
@@ -95,6 +103,9 @@ class Measured:
     ram: int | None
     vram: Mapping[int, int] = field(default_factory=dict)
     at: float = 0.0  # wall-clock time
+    # False: GPU memory could not be attributed (no pids for NVML to match):
+    # unknown, which is not zero.
+    vram_known: bool = True
 
     @property
     def vram_total(self) -> int:
@@ -109,7 +120,8 @@ class Allocation:
     ram: int
 
     def covering(self, measured: Measured) -> Allocation:
-        """The larger of this plan and what was measured, per GPU and RAM."""
+        """The larger of this plan and what was measured, per GPU and RAM
+        (the planned GPU part stays as it is when it could not be measured)."""
         devices = dict(self.devices)
         for index, used in measured.vram.items():
             devices[index] = max(devices.get(index, 0), used)
@@ -190,7 +202,8 @@ class LearnedStore:
         # Placement may differ between loads; the total is the largest one.
         if sum(devices.values()) > total and devices:
             devices = dict(max(loads, key=lambda m: m.vram_total).vram)
-        return Measured(ram, devices, max(load.at for load in loads))
+        known = any(load.vram_known for load in loads)
+        return Measured(ram, devices, max(load.at for load in loads), known)
 
     def _loads(self, fingerprint: str) -> list[Measured]:
         entry = self._data.get(fingerprint)
@@ -205,6 +218,7 @@ class LearnedStore:
                         None if ram is None else int(ram),
                         vram,
                         float(load.get("at", 0)),
+                        bool(load.get("vram_known", True)),
                     )
                 )
             except (AttributeError, TypeError, ValueError):
@@ -214,7 +228,8 @@ class LearnedStore:
     def record(
         self, fingerprint: str, model: str, load_id: int, measured: Measured
     ) -> None:
-        """Fold ``measured`` into this load's peak (``load_id`` names the load)."""
+        """Fold ``measured`` into this load's peak (``load_id`` names the
+        load: unique across restarts). ``save`` writes it out."""
         entry = self._data.setdefault(fingerprint, {})
         entry["model"] = model
         loads = entry.get("loads")
@@ -225,25 +240,33 @@ class LearnedStore:
         )
         if current is None:
             current = {"load": load_id, "ram": None, "vram": {}, "at": measured.at}
+            current["vram_known"] = False
             loads.append(current)
         if measured.ram is not None:
             current["ram"] = max(int(current.get("ram") or 0), measured.ram)
         vram = current.setdefault("vram", {})
         for index, used in measured.vram.items():
             vram[str(index)] = max(int(vram.get(str(index), 0)), used)
+        current["vram_known"] = bool(current.get("vram_known")) or measured.vram_known
         current["at"] = measured.at
         entry["loads"] = loads[-RECENT_LOADS:]
-        self._write()
 
-    def _write(self) -> None:
+    def snapshot(self) -> str:
+        """The figures as the file holds them (taken on the loop, written by
+        ``save`` in a thread)."""
+        return json.dumps(self._data, indent=1, sort_keys=True)
+
+    def save(self, text: str | None = None) -> None:
+        """Write the figures out atomically (blocking: call it in a thread)."""
         if self._path is None:
             return
+        text = self.snapshot() if text is None else text
         tmp = None
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self._path.parent, prefix=".learned-")
             with os.fdopen(fd, "w") as f:
-                json.dump(self._data, f, indent=1, sort_keys=True)
+                f.write(text)
             os.replace(tmp, self._path)
         except OSError as exc:
             log.warning("cannot save learned memory figures to %s: %s", self._path, exc)
@@ -305,6 +328,10 @@ class Ledger:
         self.protected: frozenset[str] = frozenset()
         self.allocations: dict[str, Allocation] = {}
         self.leaving: set[str] = set()
+        # GPU memory a sleeping model gave back, per GPU: a wake takes it again.
+        self.slept: dict[str, dict[int, int]] = {}
+        # Started or adopted, not measured yet this load.
+        self.unmeasured: set[str] = set()
         self.decisions = {} if decisions is None else decisions
         self._used = 0
         self._lru: dict[str, int] = {}
@@ -339,20 +366,58 @@ class Ledger:
         """It holds nothing any more (stopped, failed, or its start was abandoned)."""
         self.allocations.pop(model, None)
         self.leaving.discard(model)
+        self.slept.pop(model, None)
+        self.unmeasured.discard(model)
+
+    def retire(self, model: str) -> None:
+        """A reload replaced or removed ``model``: what its old server holds
+        stays counted (under ``retired_key``) until that server stops, and
+        the new one is planned afresh."""
+        held = self.allocations.pop(model, None)
+        self.slept.pop(model, None)
+        leaving = model in self.leaving
+        self.leaving.discard(model)
+        if held is not None:
+            key = retired_key(model)
+            self.allocations[key] = held
+            if leaving:
+                self.leaving.add(key)
+
+    def abandon(self, target: str, evict: Iterable[str], still_held: Set[str]) -> None:
+        """A swap failed: its target's reservation is void (unless it still
+        runs) and evicted models that still run count again."""
+        if target not in still_held:
+            self.stopped(target)
+        for m in evict:
+            if m in still_held:
+                self.leaving.discard(m)
 
     def adopt(self, model: str) -> None:
         """A model found running (the engine was switched on by a reload):
         it holds its estimate, or everything left when it has none, until
-        it is measured."""
-        plan = self._plan_fresh(model)
-        self.allocations[model] = Allocation(dict(plan.placement), plan.ram)
+        it is measured. Never raises: it already runs."""
+        self.unmeasured.add(model)
+        need = self.estimate(model)
+        pins = self._pins(model)
+        holders = self.holders(model)
+        if need is None:
+            plan = self._plan_unknown(model, holders, [], pins)
+            self.allocations[model] = Allocation(dict(plan.placement), plan.ram)
+            return
+        ram, gpus = self.room(holders)
+        placement = self.place(model, need, ram, gpus, pins)
+        if placement is None:  # overcommitted already: count it where it may be
+            placement = _split(need.vram, list(pins), None) if need.vram else {}
+        self.allocations[model] = Allocation(placement, need.ram)
 
     def asleep(self, model: str) -> None:
         """It fell asleep: its GPU memory is free, its RAM it keeps (until
-        measured again)."""
+        measured again); a wake takes the same GPUs again."""
         self.leaving.discard(model)
         held = self.allocations.get(model)
         if held is not None:
+            if held.devices:
+                self.slept[model] = dict(held.devices)
             self.allocations[model] = Allocation({}, held.ram)
 
     def measured(self, model: str, measured: Measured, load_id: int) -> None:
@@ -362,10 +427,13 @@ class Ledger:
         if facts is None:
             return
         facts.measured = measured
+        self.unmeasured.discard(model)
         held = self.allocations.get(model)
         if held is not None and model not in self.leaving:
             unknown = self.estimate(model) is None
             base = Allocation({}, 0) if unknown else held
+            if not measured.vram_known:  # keep what was planned on the GPUs
+                base = Allocation(held.devices, base.ram)
             self.allocations[model] = base.covering(measured)
         self.store.record(facts.fingerprint, model, load_id, measured)
         facts.learned = self.store.peak(facts.fingerprint)
@@ -417,6 +485,13 @@ class Ledger:
             declared = None  # needs: {} declares nothing
         if declared is None and learned is None:
             return None
+        if (
+            learned is not None
+            and not learned.vram_known
+            and (declared is None or declared.vram is None)
+            and self.budget.gpus
+        ):
+            return None  # its GPU memory was never measured: it runs alone
         vram = max(
             (declared.vram or 0) if declared else 0,
             learned.vram_total if learned else 0,
@@ -449,12 +524,19 @@ class Ledger:
         doc). Raises InsufficientMemory when it can never fit."""
         if target in self.allocations and target not in self.leaving:
             held = self.allocations[target]
-            return Plan(frozenset(), held.devices, held.ram, False)
+            if target not in self.slept:
+                return Plan(frozenset(), held.devices, held.ram, False)
         return self._plan_fresh(target)
 
     def _plan_fresh(self, target: str) -> Plan:
         need = self.estimate(target)
         pins = self._pins(target)
+        slept = self.slept.get(target)
+        if slept is not None:  # a wake: the GPU memory it gave back, there
+            pins = tuple(sorted(slept))
+            held = self.allocations[target]
+            vram = max(sum(slept.values()), need.vram if need else 0)
+            need = Need(vram, held.ram)
         holders = self.holders(target)
         candidates = self._candidates(holders)
         if need is None:
@@ -474,12 +556,23 @@ class Ledger:
                 )
                 if unmeasured:  # they hold all that was left until measured
                     raise MustWait(f"{', '.join(unmeasured)} not measured yet")
+                retired = sorted(
+                    m.removeprefix(RETIRED) for m in holders if m.startswith(RETIRED)
+                )
+                if retired:  # a reload replaced them: they stop on their own
+                    raise MustWait(
+                        f"the replaced server of {', '.join(retired)} is stopping"
+                    )
                 raise self._insufficient(target, need, pins, holders, protected=True)
             evicted.append(helper)
 
     def _unmeasured(self, model: str) -> bool:
-        """A model planned as unknown that has no measurement of this load."""
-        return self.estimate(model) is None
+        """A model planned as unknown whose measurement is still to come."""
+        return model in self.unmeasured and self.estimate(model) is None
+
+    def unmeasurable(self, model: str) -> None:
+        """Its measurement failed for good: others stop waiting for it."""
+        self.unmeasured.discard(model)
 
     def _plan_unknown(
         self,
@@ -502,8 +595,9 @@ class Ledger:
         return tuple(sorted(self.budget.gpus))
 
     def _candidates(self, holders: list[str]) -> list[str]:
-        """Evictable holders: idle before busy, least recently used first."""
-        movable = [m for m in holders if m not in self.protected]
+        """Evictable holders: idle before busy, least recently used first
+        (a retired server is not a model: it leaves on its own)."""
+        movable = [m for m in holders if m in self.facts and m not in self.protected]
         return sorted(movable, key=lambda m: (self._busy(m), self._lru.get(m, 0), m))
 
     def _next_helper(
@@ -599,6 +693,9 @@ class Ledger:
         plan = self.plan(target)
         freed = self._describe_freed(evict)
         self.leaving.update(evict)
+        self.leaving.discard(target)
+        self.slept.pop(target, None)
+        self.unmeasured.add(target)
         self.allocations[target] = Allocation(dict(plan.placement), plan.ram)
         when = time.strftime("%H:%M:%S", time.localtime(self._clock()))
         where = self._describe_placement(plan)
@@ -645,22 +742,24 @@ class Ledger:
             parts.append(f"{fmt_bytes(plan.ram)} RAM")
         return ", ".join(parts) or "no memory"
 
-    def eviction_stops(self, model: str, target: str) -> bool:
-        """Whether evicting ``model`` for ``target`` must stop it rather than
-        let it sleep: sleeping frees its GPU memory, not its RAM, so it stops
-        when it holds no GPU memory or when ``target``'s RAM would not fit
-        beside what it keeps asleep."""
-        held = self.allocations.get(model)
+    def eviction_stops(self, evict: Iterable[str], target: str) -> dict[str, bool]:
+        """For each evicted model, whether it must stop rather than sleep:
+        sleeping frees its GPU memory, not its RAM, so it stops when it holds
+        no GPU memory or when ``target``'s RAM would not fit beside what the
+        models already chosen to sleep keep. Decided for the set at once."""
         need = self.estimate(target)
-        if held is None or not held.devices or need is None:
-            return True
-        keeping = [
-            m
-            for m in self.allocations
-            if m != target and (m not in self.leaving or m == model)
-        ]
-        ram, _ = self.room(keeping)
-        return need.ram > ram
+        keeping = [m for m in self.allocations if m != target and m not in self.leaving]
+        out: dict[str, bool] = {}
+        for m in sorted(evict):
+            held = self.allocations.get(m)
+            if held is None or not held.devices or need is None:
+                out[m] = True
+                continue
+            ram, _ = self.room([*keeping, m])
+            out[m] = need.ram > ram
+            if not out[m]:
+                keeping.append(m)
+        return out
 
     def devices_for(self, model: str) -> tuple[int, ...] | None:
         """The GPUs a start of ``model`` is placed on, or None when it needs no

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from backends.base import BackendUnavailable
 from controller.engine.eviction import build_policy
 from controller.engine.resources import (
+    Budget,
     Decision,
     LearnedStore,
     Ledger,
@@ -25,6 +26,7 @@ from controller.engine.resources import (
     explain_model,
     memory_fingerprint,
     memory_needed,
+    retired_key,
 )
 from controller.engine.scheduler import MustWait, Scheduler, Ticket
 from controller.engine.sleep import sleep_spec
@@ -58,6 +60,10 @@ log = logging.getLogger("swapvisor.router")
 # Measure a model again after each of its first requests (what it holds grows
 # once its KV cache and compute buffers are used).
 MEASURED_REQUESTS = 3
+# A measurement the backend cannot give yet is tried again this many times,
+# after 0.5, 1, 2... s.
+MEASURE_TRIES = 4
+MEASURE_RETRY_S = 0.5
 # How long a start waits for freed memory to show up (drivers release lazily),
 # and how often it looks.
 MEMORY_WAIT_S = 10.0
@@ -146,9 +152,8 @@ class Router:
         }
         # Upstreams a reload removed or changed, still draining their requests.
         self._retiring: set[asyncio.Task[None]] = set()
-        self.scheduler = Scheduler(
-            self, self._policy(config), config.concurrency_limit, self._queued
-        )
+        policy = self._policy(config, self._budget(config))
+        self.scheduler = Scheduler(self, policy, config.concurrency_limit, self._queued)
         self._grants: dict[int, asyncio.Future[Upstream]] = {}
         # Per model: the upstream a swap is making ready, and that wait.
         self._starting: dict[str, tuple[Upstream, asyncio.Task[None]]] = {}
@@ -163,20 +168,29 @@ class Router:
 
     # -- the memory engine ------------------------------------------------------------
 
-    def _policy(self, config: Config) -> EvictionPolicy:
-        """The config's eviction policy; for ``use: resources`` the ledger's,
-        kept across reloads (what it learned and what models hold stays)."""
+    def _budget(self, config: Config) -> Budget | None:
+        """The memory budget ``config`` asks for (None: not the memory
+        engine). May fail; changes nothing."""
         resources = config.resources
         if resources is None:
+            return None
+        probe = self._memory_probe()
+        return budget_of(resources, probe.host().total, probe.devices())
+
+    def _policy(self, config: Config, budget: Budget | None) -> EvictionPolicy:
+        """The config's eviction policy, put in place; for ``use: resources``
+        the ledger's, kept across reloads (what it learned and what models
+        hold stays). Never raises: called once a reload can no longer fail."""
+        resources = config.resources
+        if resources is None or budget is None:
             self.ledger = None
             return build_policy(config)
-        probe = self._memory_probe()
-        budget = budget_of(resources, probe.host().total, probe.devices())
         if self.ledger is None:
             path = resources.learned_path()
             self.ledger = Ledger(budget, LearnedStore(path), self._busy, self.decisions)
-        self.ledger.budget = budget
-        self.ledger.configure(
+        ledger = self.ledger
+        ledger.budget = budget
+        ledger.configure(
             {
                 mid: (
                     config.models[mid].needs,
@@ -189,11 +203,14 @@ class Router:
         )
         for mid, upstream in getattr(self, "upstreams", {}).items():
             # Switched to this engine while models run: they hold their
-            # estimate until measured.
-            if upstream.running and mid not in self.ledger.allocations:
-                self.ledger.adopt(mid)
+            # estimate (or all that is left) until measured, at once.
+            held = upstream.running or upstream.state is UpstreamState.SLEEPING
+            if held and mid not in ledger.allocations:
+                ledger.adopt(mid)
+                self._requests_since_load[mid] = 0
+                self._measure_soon(upstream)
         log.info("memory budget: %s", budget.describe())
-        return ResourcePolicy(self.ledger)
+        return ResourcePolicy(ledger)
 
     def _memory_probe(self) -> MemoryProbe:
         if self._memory is None:
@@ -224,24 +241,27 @@ class Router:
     async def _measure(self, upstream: Upstream) -> None:
         """What ``upstream``'s workload holds now: host memory from its
         backend, GPU memory from NVML for its processes. Reported to the
-        ledger (which learns it) and to the memory listeners."""
-        footprint = await upstream.footprint()
+        ledger (which learns it) and to the memory listeners. A backend that
+        cannot tell yet is asked again a few times; then the model counts as
+        unmeasurable (nobody waits for it)."""
+        measured = None
+        for attempt in range(MEASURE_TRIES):
+            measured = await self._footprint(upstream)
+            if measured is not None or self._closing:
+                break
+            if upstream.state is not UpstreamState.READY:
+                return
+            await asyncio.sleep(MEASURE_RETRY_S * 2**attempt)
         ledger = self.ledger
-        if footprint is None or ledger is None or self._memory is None:
-            return
-        probe = self._memory
-        per_pid = await asyncio.to_thread(probe.processes) if footprint.pids else {}
-        vram: dict[int, int] = {}
-        for pid in footprint.pids:
-            for index, used in per_pid.get(pid, {}).items():
-                vram[index] = vram.get(index, 0) + used
-        measured = Measured(footprint.host_bytes, vram, time.time())
-        if self.upstreams.get(upstream.id) is not upstream:
-            return  # replaced by a reload meanwhile
-        if upstream.state is UpstreamState.SLEEPING:
+        if ledger is None or self.upstreams.get(upstream.id) is not upstream:
+            return  # another engine, or replaced by a reload meanwhile
+        if measured is None:
+            log.warning("%s: its memory could not be measured", upstream.id)
+            ledger.unmeasurable(upstream.id)
+        elif upstream.state is UpstreamState.SLEEPING:
             ledger.measured_asleep(upstream.id, measured)
         elif upstream.state is UpstreamState.READY:
-            ledger.measured(upstream.id, measured, upstream.loads)
+            ledger.measured(upstream.id, measured, upstream.load_id)
         else:
             return
         for listener in self.memory_listeners:
@@ -249,6 +269,24 @@ class Router:
         # What it holds may have shrunk (a model never measured held all
         # that was left): a request queued behind it may fit beside it now.
         self.scheduler.drain()
+        if upstream.state is UpstreamState.READY:
+            await asyncio.to_thread(ledger.store.save, ledger.store.snapshot())
+
+    async def _footprint(self, upstream: Upstream) -> Measured | None:
+        footprint = await upstream.footprint()
+        probe = self._memory
+        if footprint is None or probe is None:
+            return None
+        devices = await asyncio.to_thread(probe.devices)
+        per_pid = await asyncio.to_thread(probe.processes) if footprint.pids else {}
+        vram: dict[int, int] = {}
+        for pid in footprint.pids:
+            for index, used in per_pid.get(pid, {}).items():
+                vram[index] = vram.get(index, 0) + used
+        # Without its pids (or NVML) GPU memory cannot be attributed to it:
+        # unknown, not zero.
+        known = bool(footprint.pids) and bool(devices)
+        return Measured(footprint.host_bytes, vram, time.time(), known)
 
     async def _memory_settled(
         self, target: str, needed: tuple[int, dict[int, int]] | None
@@ -270,7 +308,7 @@ class Router:
                 f"GPU {i}" for i, b in devices.items() if b and free.get(i, b) < b
             ] + (["RAM"] if ram and host.available < ram else [])
             waited = time.monotonic() - began
-            if not short or waited >= MEMORY_WAIT_S:
+            if not short or waited >= MEMORY_WAIT_S or self.scheduler.doomed(target):
                 break
             await asyncio.sleep(MEMORY_POLL_S)
         for listener in self.memory_wait_listeners:
@@ -461,7 +499,7 @@ class Router:
         port, or the GPU memory, the new one needs).
         """
         old = self.config
-        policy = self._policy(config)
+        budget = self._budget(config)
         self._slot_store = slot_store(config)
         # Everything that can fail (a backend that cannot be made) happens
         # before anything changes: a failed reload leaves the old one whole.
@@ -496,9 +534,12 @@ class Router:
                     # A swap is waiting for this one's start: it switches to
                     # the replacement (never restarting a retired upstream).
                     starting[1].cancel()
+                if self.ledger is not None:
+                    self.ledger.retire(mid)
                 self._retire(upstream)
         self.config = config
         self.upstreams = upstreams
+        policy = self._policy(config, budget)
         self.scheduler.reconfigure(policy, config.concurrency_limit, set(config.models))
         return retired
 
@@ -634,9 +675,10 @@ class Router:
             # What must come back, known before the evicted models let go.
             needed = memory_needed(self.ledger, target, evict) if self.ledger else None
             # Each evicted model sleeps if it can, else stops.
+            stops = self.ledger.eviction_stops(evict, target) if self.ledger else {}
             await asyncio.gather(
                 *(
-                    self._make_room(u, target)
+                    self._make_room(u, stops.get(m))
                     for m in evict
                     if (u := self.upstreams.get(m)) is not None
                 )
@@ -652,20 +694,27 @@ class Router:
             for listener in self.swap_listeners:
                 listener(target, time.monotonic() - began)
         elif self.ledger is not None:
-            upstream = self.upstreams.get(target)
-            if upstream is None or upstream.state not in (
-                UpstreamState.READY,
-                UpstreamState.SLEEPING,
-            ):
-                self.ledger.stopped(target)  # its reservation is void
-                self._note(target, f"start failed: {error.message}")
+            # Its reservation is void unless it runs; evicted models that
+            # still run (the swap failed before stopping them) count again.
+            self.ledger.abandon(target, evict, self._holding({target, *evict}))
+            self._note(target, f"start failed: {error.message}")
         self.scheduler.swap_done(target, error, self._residency_hold(target, error))
 
-    def _make_room(self, upstream: Upstream, target: str) -> Awaitable[None]:
-        if self.ledger is None:
+    def _make_room(self, upstream: Upstream, stop: bool | None) -> Awaitable[None]:
+        """Evict one model; ``stop`` None: as the group and matrix engines do
+        (sleep if it can); else the memory engine's choice."""
+        if stop is None:
             return upstream.make_room()
-        stop = self.ledger.eviction_stops(upstream.id, target)
         return upstream.make_room(stop=stop, reason="memory")
+
+    def _holding(self, models: Set[str]) -> set[str]:
+        """Those of ``models`` whose servers still exist (running or asleep)."""
+        return {
+            m
+            for m in models
+            if (u := self.upstreams.get(m)) is not None
+            and (u.running or u.state is UpstreamState.SLEEPING)
+        }
 
     def _residency_hold(
         self, target: str, error: ControllerError | None
@@ -755,14 +804,10 @@ class Router:
         mid = upstream.id
         current = self.upstreams.get(mid)
         if new in (UpstreamState.STOPPED, UpstreamState.FAILED):
-            # A swap that will start it again keeps the memory it reserved;
-            # a retired upstream's stop frees it unless its replacement runs.
-            holding = (
-                current is not None
-                and current is not upstream
-                and (current.running or current.state is UpstreamState.SLEEPING)
-            )
-            if mid not in self.scheduler.swapping() and not holding:
+            if current is not upstream:  # a server a reload retired
+                ledger.stopped(retired_key(mid))
+            elif mid not in self.scheduler.swapping():
+                # (a swap that will start it again keeps what it reserved)
                 ledger.stopped(mid)
                 for listener in self.memory_listeners:
                     listener(mid, None)

@@ -112,6 +112,7 @@ class Scheduler:
         self._overdue = 0  # queued tickets past maxWait
         self._reserved: Counter[str] = Counter()  # admitted and not finished
         self._serving: Counter[str] = Counter()  # granted and not finished
+        self._requests: Counter[str] = Counter()  # of those, counted requests
         self._queue: list[Ticket] = []
         self._swaps: dict[str, _Swap] = {}
         self._closed = False
@@ -145,6 +146,8 @@ class Scheduler:
             self._swaps[ticket.model].waiters.remove(ticket)
         elif state is TicketState.SERVING:
             self._serving[ticket.model] -= 1
+            if ticket.counted:
+                self._requests[ticket.model] -= 1
             self._effects.finished(ticket)
             if self._serving[ticket.model] == 0:
                 self.drain()
@@ -310,12 +313,14 @@ class Scheduler:
         return self._policy.evict(target, running)
 
     def _blocking(self, ticket: Ticket) -> frozenset[str]:
-        """The busy models ``ticket``'s swap waits for."""
+        """The models with requests in flight that ``ticket``'s swap waits
+        for (a residency hold or a websocket is not held off: no new grant
+        would make either end sooner)."""
         try:
             evict = self.evictions(ticket.model)
         except (ControllerError, MustWait):
             return frozenset()
-        return frozenset(m for m in evict if self._serving[m])
+        return frozenset(m for m in evict if self._requests[m])
 
     def _collides(self, evict: frozenset[str]) -> bool:
         return any(
@@ -341,6 +346,8 @@ class Scheduler:
     def _grant(self, ticket: Ticket) -> None:
         ticket.state = TicketState.SERVING
         self._serving[ticket.model] += 1
+        if ticket.counted:
+            self._requests[ticket.model] += 1
         self._effects.grant(ticket)
 
     def _reject(self, ticket: Ticket, error: ControllerError) -> None:

@@ -177,7 +177,7 @@ class Upstream:
         self._handle: Handle | None = None
         # GPUs the memory engine placed the next start on (None: not placed).
         self.devices: tuple[int, ...] | None = None
-        self._loads = 0
+        self._load_id = 0
         self._ready: asyncio.Future[None] | None = None
         self._start_task: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Task[None] | None = None
@@ -366,9 +366,9 @@ class Upstream:
         return self._backend
 
     @property
-    def loads(self) -> int:
-        """How many times it was launched: names a load (learned figures)."""
-        return self._loads
+    def load_id(self) -> int:
+        """Names its current load, uniquely across restarts (learned figures)."""
+        return self._load_id
 
     async def footprint(self) -> Footprint | None:
         """What its workload holds now; None when it has none (advisory)."""
@@ -550,7 +550,7 @@ class Upstream:
     async def _launch_and_wait(self) -> None:
         if self.slots is not None:
             self.slots.prepare()
-        self._loads += 1
+        self._load_id = time.time_ns()
         try:
             spec = self.spec
             if self.devices is not None:

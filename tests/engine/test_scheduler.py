@@ -549,3 +549,20 @@ def test_a_residency_hold_keeps_the_new_model_from_being_swapped_out() -> None:
     assert state_of(b) is TicketState.QUEUED  # a is held
     sched.release(hold)
     assert fx.swaps[-1] == ("b", frozenset({"a"}))
+
+
+def test_a_residency_hold_is_not_held_off_by_an_overdue_request() -> None:
+    sched, fx = make(("a", "b"))
+    submit(sched, "a")
+    hold = Ticket("a")
+    target = next(iter(sched.swapping()))
+    ready(fx, target)
+    sched.swap_done(target, None, hold)
+    for t in list(fx.granted):
+        if t is not hold:
+            sched.release(t)
+    b = submit(sched, "b")
+    sched.overdue(b)
+    # Only the hold keeps a: holding a's grants could not make b sooner.
+    assert sched.held() == {}
+    assert state_of(submit(sched, "a")) is TicketState.SERVING
