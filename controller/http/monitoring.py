@@ -168,6 +168,7 @@ def _refresh_gauges(request: web.Request) -> Metrics:
     """Queue depth, in-flight counts and model states are read at scrape
     time, exact: a reload adds and removes models, and a changed model's old
     server, draining, reports states under the same id as its replacement."""
+    request.app[OBSERVER].flush()  # the counts of requests that just ended
     metrics = request.app[METRICS]
     router = request.app[RUNTIME].router
     metrics.queue_depth(router.queue_depth())

@@ -8,12 +8,14 @@ query parameters come in as a mapping of lists, invalid ones raise
 :class:`controller.errors.BadRequest` with llama-swap's texts.
 
 Storage: ``:memory:`` SQLite by default, pruned to ``metricsMaxInMemory`` rows
-after each insert; or the file at ``store.path`` (WAL, ``busy_timeout`` 5000),
-never pruned. Either way the database is llama-swap's: same tables, indexes
-and goose migration bookkeeping (:func:`migrate`), so a file moves freely
-between the two. Every call is a short local SQLite statement guarded by a
-lock, so an asyncio caller may call it inline or push it to a thread
-(``asyncio.to_thread``); the connection is shared across threads.
+every ``PRUNE_EVERY`` inserts; or the file at ``store.path`` (WAL,
+``busy_timeout`` 5000), never pruned. Either way the database is
+llama-swap's: same tables, indexes and goose migration bookkeeping
+(:func:`migrate`), so a file moves freely between the two. Rows are inserted
+one transaction a batch (:meth:`ActivityStore.add_many`). Every call is a
+short local SQLite statement guarded by a lock, so an asyncio caller may
+call it inline or push it to a thread (``asyncio.to_thread``); the
+connection is shared across threads.
 """
 
 from __future__ import annotations
@@ -136,6 +138,7 @@ _INSERT_COLUMNS = (
     "prompt_per_second, tokens_per_second, duration_ms, error_msg, metadata_json"
 )
 _COLUMNS = "id, " + _INSERT_COLUMNS
+_INSERT_SQL = f"INSERT INTO activity ({_INSERT_COLUMNS}) VALUES ({', '.join('?' * 15)})"
 
 _TOTALS_SQL = (
     "SELECT COUNT(*), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0),"
@@ -483,34 +486,33 @@ class ActivityStore:
 
     def add(self, entry: ActivityEntry) -> int:
         """Insert ``entry``, set and return its id; prune when in memory."""
-        row = (
-            int(entry.timestamp),
-            entry.model,
-            entry.req_path,
-            entry.resp_content_type,
-            entry.resp_status_code,
-            entry.tokens.cache_tokens,
-            entry.tokens.draft_tokens,
-            entry.tokens.draft_acc_tokens,
-            entry.tokens.input_tokens,
-            entry.tokens.output_tokens,
-            entry.tokens.prompt_per_second,
-            entry.tokens.tokens_per_second,
-            entry.duration_ms,
-            entry.error_msg,
-            json.dumps(entry.metadata, sort_keys=True) if entry.metadata else "",
-        )
-        placeholders = ", ".join("?" * len(row))
+        return self.add_many((entry,))[0]
+
+    def add_many(self, entries: Sequence[ActivityEntry]) -> list[int]:
+        """Insert ``entries`` in one transaction, set and return their ids
+        (in order); prune when in memory. One commit per batch rather than
+        per row: the recorder stores the rows of finished requests together."""
+        rows = [_row_of(entry) for entry in entries]
         with self._lock:
-            cur = self._db.execute(
-                f"INSERT INTO activity ({_INSERT_COLUMNS}) VALUES ({placeholders})",
-                row,
-            )
-            entry.id = int(cur.lastrowid or 0)
-            # Pruning in batches: a DELETE per insert was a measurable share of
-            # the per-request cost, and a few extra rows in memory are harmless.
-            if self.in_memory and entry.id % PRUNE_EVERY == 0:
-                self._prune()
+            self._db.execute("BEGIN")
+            try:
+                ids = [
+                    self._insert(entry, row)
+                    for entry, row in zip(entries, rows, strict=True)
+                ]
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return ids
+
+    def _insert(self, entry: ActivityEntry, row: tuple[object, ...]) -> int:
+        cur = self._db.execute(_INSERT_SQL, row)
+        entry.id = int(cur.lastrowid or 0)
+        # Pruning in batches: a DELETE per insert was a measurable share of
+        # the per-request cost, and a few extra rows in memory are harmless.
+        if self.in_memory and entry.id % PRUNE_EVERY == 0:
+            self._prune()
         return entry.id
 
     def _prune(self) -> None:
@@ -580,6 +582,26 @@ class ActivityStore:
                 f"SELECT {_COLUMNS} FROM activity WHERE id = ?", (entry_id,)
             ).fetchone()
         return _entry_of(row) if row else None
+
+
+def _row_of(entry: ActivityEntry) -> tuple[object, ...]:
+    return (
+        int(entry.timestamp),
+        entry.model,
+        entry.req_path,
+        entry.resp_content_type,
+        entry.resp_status_code,
+        entry.tokens.cache_tokens,
+        entry.tokens.draft_tokens,
+        entry.tokens.draft_acc_tokens,
+        entry.tokens.input_tokens,
+        entry.tokens.output_tokens,
+        entry.tokens.prompt_per_second,
+        entry.tokens.tokens_per_second,
+        entry.duration_ms,
+        entry.error_msg,
+        json.dumps(entry.metadata, sort_keys=True) if entry.metadata else "",
+    )
 
 
 def _open(path: str | None) -> sqlite3.Connection:

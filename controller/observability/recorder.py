@@ -4,8 +4,14 @@ One ``Observer`` per app owns the activity store, the capture buffer, the
 metrics and the in-flight table. Each model-dispatched POST gets a
 ``Recording`` that the proxy feeds (headers, then every relayed chunk); the
 cost on the data path is a counter update and an incremental usage scan.
-When the request ends the row is stored, the capture kept, the metrics
-counted and an ``activity`` event published (llama-swap.md §5.2–§5.5).
+When the request ends it leaves the in-flight table at once; its usage is
+read, its row stored, its capture kept, its metrics counted and an
+``activity`` event published (llama-swap.md §5.2–§5.5) in a batch with the
+other requests that ended within ``FLUSH_AFTER_S``, after their responses
+have gone out: one SQLite transaction and one metrics update per label set a
+batch. Reading the store, the captures (:attr:`Observer.store`,
+:attr:`Observer.captures`) or calling :meth:`Observer.flush` first writes
+what is waiting, so no reader ever misses a finished request.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from controller.observability.captures import (
     build_capture,
     redact_headers,
 )
+from controller.observability.metrics import RequestDone
 from controller.observability.usage import (
     DecompressError,
     UsageCollector,
@@ -42,6 +49,10 @@ log = logging.getLogger("swapvisor.activity")
 # An in-flight entry is re-sent at most this often while bytes flow.
 UPSERT_EVERY_S = 0.25
 CAPTURE_LIMIT = 8 * 1024 * 1024
+# How long a finished request's bookkeeping may wait for others to join its
+# batch; at most FLUSH_MAX wait (a burst is written at once).
+FLUSH_AFTER_S = 0.02
+FLUSH_MAX = 256
 
 
 class Observer:
@@ -53,13 +64,27 @@ class Observer:
         events: EventBus,
         session_headers: Iterable[str] = ("X-Session-ID", "X-Litellm-Session-Id"),
     ) -> None:
-        self.store = store
-        self.captures = captures
+        self._store = store
+        self._captures = captures
         self.metrics = metrics
         self.events = events
         self.session_headers = tuple(session_headers)
         self.in_flight: dict[str, Recording] = {}
         self._ids = itertools.count(1)
+        self._ended: list[Recording] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def store(self) -> ActivityStore:
+        """The activity rows, every finished request's included."""
+        self.flush()
+        return self._store
+
+    @property
+    def captures(self) -> CaptureBuffer:
+        """The kept captures, every finished request's included."""
+        self.flush()
+        return self._captures
 
     def begin(
         self,
@@ -95,6 +120,38 @@ class Observer:
     def _finish(self, rec: Recording) -> None:
         self.in_flight.pop(rec.id, None)
         self.events.publish("inflight", {"operation": "remove", "id": rec.id})
+        self._ended.append(rec)
+        if len(self._ended) >= FLUSH_MAX:
+            self.flush()
+        elif self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop to wait on (a synchronous caller)
+                self.flush()
+                return
+            self._timer = loop.call_later(FLUSH_AFTER_S, self.flush)
+
+    def flush(self) -> None:
+        """Store, capture, count and announce every request that has ended."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._ended:
+            return
+        batch, self._ended = self._ended, []
+        settled = [rec.settle() for rec in batch]
+        try:
+            ids = self._store.add_many([entry for entry, _ in settled])
+        except Exception:  # the activity log must never fail a request
+            log.exception("could not store activity for %d requests", len(batch))
+            return
+        done: list[RequestDone] = []
+        for rec, (entry, usage), rid in zip(batch, settled, ids, strict=True):
+            entry.has_capture = rec.keep_capture(rid, usage)
+            done.append(rec.counted(usage))
+        self.metrics.requests_done(done)
+        for rid in ids:
+            self.events.publish("activity", {"id": rid})
 
 
 class Recording:
@@ -129,6 +186,7 @@ class Recording:
         self._bytes = 0
         self._last_upsert = 0.0
         self._error = ""
+        self._wall_s = 0.0
 
     # -- fed by the proxy ---------------------------------------------------------
 
@@ -139,7 +197,7 @@ class Recording:
         self._content_type = lower.get("content-type", "")
         encoding = lower.get("content-encoding")
         self._usage = UsageCollector(self._content_type, encoding, status)
-        if self._obs.captures.enabled:
+        if self._obs._captures.enabled:
             self._capture = BoundedBody(CAPTURE_LIMIT)
         self._upsert(force=True)
 
@@ -192,10 +250,14 @@ class Recording:
     # -- the end ----------------------------------------------------------------
 
     def close(self) -> None:
-        obs = self._obs
-        obs._finish(self)
-        wall_s = time.monotonic() - self._began
-        ttfb = self._first_byte - self._began if self._first_byte else None
+        """The request has ended: out of the in-flight table now, the rest in
+        the observer's next batch."""
+        self._wall_s = time.monotonic() - self._began
+        self._obs._finish(self)
+
+    def settle(self) -> tuple[ActivityEntry, UsageResult]:
+        """The activity row (without its id) and the usage read from the
+        response; called once, by the observer's flush."""
         usage = self._usage.result() if self._usage is not None else UsageResult()
         entry = ActivityEntry.from_usage(
             self.model,
@@ -203,32 +265,30 @@ class Recording:
             self._content_type,
             self._status or 499,
             usage,
-            int(wall_s * 1000),
+            int(self._wall_s * 1000),
             self.metadata,
         )
         if self._error:
             entry.error_msg = self._error[:500]
         entry.timestamp = self._started_at
-        try:
-            rid = obs.store.add(entry)
-        except Exception:  # the activity log must never fail a request
-            log.exception("could not store activity for %s", self.model)
-            return
-        entry.has_capture = self._keep_capture(rid, usage)
-        obs.metrics.request_done(
+        return entry, usage
+
+    def counted(self, usage: UsageResult) -> RequestDone:
+        """What the metrics count for this request."""
+        ttfb = self._first_byte - self._began if self._first_byte else None
+        return RequestDone(
             self.model,
             self._status or 499,
-            wall_s,
+            self._wall_s,
             ttfb,
             max(usage.input_tokens, 0),
             max(usage.output_tokens, 0),
             max(usage.cache_tokens, 0),
         )
-        obs.events.publish("activity", {"id": rid})
 
-    def _keep_capture(self, rid: int, usage: UsageResult) -> bool:
-        obs = self._obs
-        if not obs.captures.enabled or not usage.capturable or self._status == 0:
+    def keep_capture(self, rid: int, usage: UsageResult) -> bool:
+        captures = self._obs._captures
+        if not captures.enabled or not usage.capturable or self._status == 0:
             return False
         raw = self._capture.getvalue() if self._capture is not None else None
         capture = LazyCapture(
@@ -240,7 +300,7 @@ class Recording:
             raw,
             self._status,
         )
-        return obs.captures.add(rid, capture)
+        return captures.add(rid, capture)
 
 
 class LazyCapture:
