@@ -108,6 +108,9 @@ class Proxy:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+                # One client serves every user: a Set-Cookie from an upstream
+                # must never be replayed to it on someone else's request.
+                cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=False,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
                 skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
