@@ -206,7 +206,8 @@ def _wait_healthy(sv: Swapvisor) -> None:
             raise RuntimeError(f"swapvisor exited: {sv.output()}")
         try:
             with urllib.request.urlopen(sv.url + "/health", timeout=1) as r:
-                return bool(r.status == 200)
+                # Not the early listener's answer: the app serves now.
+                return r.status == 200 and "X-Swapvisor-State" not in r.headers
         except OSError:
             return False
 

@@ -28,6 +28,7 @@ from aiohttp import web
 
 from backends.native import NativeBackend
 from controller import __version__
+from controller.cli.early import EarlyListener, parse_listen
 from controller.config.loader import load_config
 from controller.engine.pool import check_backends, default_instance
 from controller.engine.reload import Reloader
@@ -82,17 +83,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``host:port``, ``:port`` (all interfaces) or ``[v6]:port``."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(
-            f"--listen {listen!r}: expected HOST:PORT, e.g. 127.0.0.1:8080"
-        )
-    host = host.strip("[]")
-    return (host or "0.0.0.0"), int(port)
-
-
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -107,7 +97,9 @@ def _fail(reason: str) -> int:
     return 1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, early: EarlyListener | None = None) -> int:
+    """``early``: the address, already bound and answering ``/health``
+    (``controller.cli.entry``); None: bound here."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] in (["check"], ["schema"]):
         # Imported only here: serving needs neither (start-up time).
@@ -145,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             port,
         )
     sources = (_path(args.config), _path(args.config_dir))
-    serving = serve(cfg, host, port, tls, sources, args.watch_config, logs)
+    serving = serve(cfg, host, port, tls, sources, args.watch_config, logs, early)
     with asyncio.Runner(loop_factory=loop_factory(os.environ)) as runner:
         runner.run(serving)
     return 0
@@ -216,8 +208,10 @@ async def serve(
     sources: tuple[Path | None, Path | None],
     watch: bool,
     logs: Logs,
+    early: EarlyListener | None = None,
 ) -> None:
-    """Run until SIGINT or SIGTERM, then stop every upstream and return."""
+    """Run until SIGINT or SIGTERM, then stop every upstream and return.
+    ``early``: the bound socket to serve on, and the connections it holds."""
     app = create_app(config, NativeBackend(), logs, default_instance(port))
     drain_s, grace_cap = shutdown_budget(os.environ.get("SWAPVISOR_SHUTDOWN_TIMEOUT"))
     app[RUNTIME].shutdown_grace_cap = grace_cap
@@ -238,8 +232,7 @@ async def serve(
     await runner.setup()
     watcher = asyncio.create_task(reloader.watch()) if watch else None
     try:
-        site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=tls)
-        await site.start()
+        await _site(runner, host, port, tls, early)
         scheme = "https" if tls else "http"
         log.info("swapvisor listening on %s://%s:%d", scheme, host, port)
         await stop.wait()
@@ -253,6 +246,29 @@ async def serve(
             with contextlib.suppress(ValueError):
                 loop.remove_signal_handler(sig)
     log.info("shutdown complete")
+
+
+async def _site(
+    runner: web.AppRunner,
+    host: str,
+    port: int,
+    tls: ssl.SSLContext | None,
+    early: EarlyListener | None,
+) -> None:
+    """Serve on the early listener's socket (and the requests it left
+    unread), else bind here."""
+    if early is None:
+        tcp = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=tls)
+        await tcp.start()
+        return
+    sock, held = early.handover()
+    await web.SockSite(runner, sock).start()
+    loop = asyncio.get_running_loop()
+    server = runner.server
+    assert server is not None
+    for conn in held:
+        conn.setblocking(False)
+        await loop.connect_accepted_socket(server, conn)
 
 
 if __name__ == "__main__":

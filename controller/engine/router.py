@@ -780,6 +780,7 @@ class Router:
         self, upstream: Upstream, old: UpstreamState, new: UpstreamState
     ) -> None:
         log.debug("%s: %s -> %s", upstream.id, old.value, new.value)
+        self.scheduler.invalidate()
         if self.state_listeners:
             change = StateChange(
                 upstream.id,

@@ -110,6 +110,9 @@ class Scheduler:
         # Told when a ticket first queues (the router arms its maxWait timer).
         self._on_queued = on_queued
         self._overdue = 0  # queued tickets past maxWait
+        # Ready models the policy evicted nothing for, since the running set
+        # last changed (``invalidate``): the common request skips the policy.
+        self._clear: set[str] = set()
         self._reserved: Counter[str] = Counter()  # admitted and not finished
         self._serving: Counter[str] = Counter()  # granted and not finished
         self._requests: Counter[str] = Counter()  # of those, counted requests
@@ -209,10 +212,15 @@ class Scheduler:
             for ticket in waiters:
                 self._reject(ticket, error(target))
 
+    def invalidate(self) -> None:
+        """A model's state changed: what the policy said may no longer hold."""
+        self._clear.clear()
+
     def reconfigure(
         self, policy: EvictionPolicy, limit: Callable[[str], int], models: Set[str]
     ) -> None:
         """A reloaded config: new rules; requests for removed models fail."""
+        self._clear.clear()
         self._policy = policy
         self._limit = limit
         gone = {t.model for t in self._queue} - set(models)
@@ -283,6 +291,14 @@ class Scheduler:
             ticket.state = TicketState.JOINED
             self._swaps[target].waiters.append(ticket)
             return True
+        if (
+            target in self._clear
+            and not self._swaps
+            and not self._overdue
+            and self._effects.is_ready(target)
+        ):
+            self._grant(ticket)  # as below, without asking the policy again
+            return True
         try:
             evict = self.evictions(target)
         except ControllerError as error:  # it can never start: refuse, stop nothing
@@ -294,6 +310,8 @@ class Scheduler:
         if not evict and not threatened and self._effects.is_ready(target):
             if self._overdue and target in self.held():
                 return False  # an older request waits for this model to drain
+            if not self._swaps:
+                self._clear.add(target)
             self._grant(ticket)
             return True
         if threatened or self._collides(evict):

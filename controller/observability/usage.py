@@ -268,23 +268,32 @@ class _Tally:
         return _build(self.input, self.output, self.cached, self.timings, self.metrics)
 
 
+# Where each count may be, first match wins: input, output, cached.
+_TOKEN_PATHS = (
+    (("prompt_tokens",), ("input_tokens",)),
+    (("completion_tokens",), ("output_tokens",)),
+    (
+        ("cache_read_input_tokens",),
+        ("input_tokens_details", "cached_tokens"),
+        ("prompt_tokens_details", "cached_tokens"),
+    ),
+)
+
+
+def _first(obj: Any, paths: tuple[tuple[str, ...], ...]) -> Any:
+    for path in paths:
+        value = _get(obj, path)
+        if value is not _MISSING:
+            return value
+    return _MISSING
+
+
 def _usage_tokens(usage: Any) -> tuple[int, int, int] | None:
     """(input, output, cached) from a usage object; None if it names none."""
     ok = False
     values = []
-    for names in (
-        (("prompt_tokens",), ("input_tokens",)),
-        (("completion_tokens",), ("output_tokens",)),
-        (
-            ("cache_read_input_tokens",),
-            ("input_tokens_details", "cached_tokens"),
-            ("prompt_tokens_details", "cached_tokens"),
-        ),
-    ):
-        value = next(
-            (v for v in (_get(usage, n) for n in names) if v is not _MISSING),
-            _MISSING,
-        )
+    for paths in _TOKEN_PATHS:  # once per response: kept to plain loops
+        value = _first(usage, paths)
         ok = ok or value is not _MISSING
         values.append(_as_int(value) if value is not _MISSING else None)
     if not ok:
@@ -297,22 +306,26 @@ def _build(
     input_tokens: int, output_tokens: int, cached: int, timings: Any, metrics: Any
 ) -> UsageResult:
     """llama-swap's buildMetrics: timings override, then vLLM metrics."""
-    res = UsageResult(
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        cache_tokens=cached,
-        parsed=True,
-    )
+    fields: dict[str, Any] = {
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cache_tokens": cached,
+    }
     if timings is not _MISSING:
-        res = _apply_timings(res, timings)
+        fields.update(_timing_fields(timings))
+    # Built once (every response gets here; dataclasses.replace is not free).
+    res = UsageResult(parsed=True, **fields)
     if metrics is not _MISSING:
         res = _apply_metrics(res, metrics)
     return res
 
 
-def _apply_timings(res: UsageResult, t: Any) -> UsageResult:
+def _timing_fields(t: Any) -> dict[str, Any]:
+    """llama.cpp's ``timings`` as UsageResult fields (they override usage)."""
+    table: dict[str, Any] = t if isinstance(t, dict) else {}
+
     def num(key: str) -> Any:
-        return _get(t, (key,))
+        return table.get(key, _MISSING)
 
     changes: dict[str, Any] = {
         "input_tokens": _as_int(num("prompt_n")),
@@ -326,7 +339,7 @@ def _apply_timings(res: UsageResult, t: Any) -> UsageResult:
     if num("draft_n") is not _MISSING and num("draft_n_accepted") is not _MISSING:
         changes["draft_tokens"] = _as_int(num("draft_n"))
         changes["draft_acc_tokens"] = _as_int(num("draft_n_accepted"))
-    return replace(res, **changes)
+    return changes
 
 
 def _apply_metrics(res: UsageResult, m: Any) -> UsageResult:

@@ -41,7 +41,9 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def health_ok(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
-            return bool(r.status == 200 and r.read() == b"OK")
+            # The app's answer, not the early listener's (start-up).
+            app = "X-Swapvisor-State" not in r.headers
+            return bool(r.status == 200 and r.read() == b"OK" and app)
     except OSError:
         return False
 
@@ -63,6 +65,9 @@ class Spawned:
         )
 
     def wait_healthy(self, port: int) -> None:
+        """Until the app serves (``/health`` answers from the first
+        milliseconds, controller.cli.early, marked as starting)."""
+
         def up() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"swapvisor exited: {self.output()}")

@@ -98,8 +98,11 @@ def test_rows_of_a_batch_share_one_transaction_and_keep_their_order() -> None:
     entries = [ActivityEntry(model=f"m{i}", req_path="/v1/x") for i in range(40)]
     assert store.add_many(entries) == list(range(1, 41))
     assert [e.id for e in entries] == list(range(1, 41))
-    # pruned as one insert at a time would have pruned (every PRUNE_EVERY ids)
-    assert store.query({"limit": ["100"]})["total"] == 40 - 32 + 5
+    # the batch crossed a PRUNE_EVERY boundary: pruned to the newest rows
+    assert store.query({"limit": ["100"]})["total"] == 5
+    more = [ActivityEntry(model="n", req_path="/v1/x") for _ in range(3)]
+    assert store.add_many(more) == [41, 42, 43]  # no boundary: no prune
+    assert store.query({"limit": ["100"]})["total"] == 8
 
 
 def test_request_done_is_a_batch_of_one() -> None:
