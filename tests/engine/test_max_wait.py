@@ -42,14 +42,15 @@ async def test_a_queued_request_is_not_starved_by_later_ones(
     done: dict[str, float] = {}
 
     async def chat(n: int) -> None:
-        assert await app.reply("chat", fake_delay=0.4) == "hello from chat"
+        assert await app.reply("chat", fake_delay=0.6) == "hello from chat"
         done[f"chat{n}"] = time.monotonic()
 
     async def embed() -> None:
         assert await app.reply("embed") == "hello from embed"
         done["embed"] = time.monotonic()
 
-    # Chat requests overlap without a gap for ~2.4 s; embed arrives early.
+    # Chat requests overlap without a gap (each 0.6 s, one every 0.2 s: a
+    # 0.4 s margin for a loaded machine) for ~2.2 s; embed arrives early.
     first = asyncio.create_task(chat(0))
     await wait_until(lambda: app.router.scheduler.in_flight("chat") == 1)
     waiting = asyncio.create_task(embed())
@@ -57,7 +58,7 @@ async def test_a_queued_request_is_not_starved_by_later_ones(
     later = []
     for n in range(1, 9):
         later.append(asyncio.create_task(chat(n)))
-        await asyncio.sleep(0.25)  # the arrival pattern under test, not a wait
+        await asyncio.sleep(0.2)  # the arrival pattern under test, not a wait
     await asyncio.gather(first, waiting, *later)
     after = sum(1 for k, t in done.items() if k != "embed" and t > done["embed"])
     if max_wait:

@@ -117,6 +117,7 @@ async def test_learned_models_share_the_budget_and_lru_idle_one_is_evicted(
     budget = info[""]["budget"]
     assert budget["ram"]["capacity"] == 600 * MIB
     assert budget["ram"]["planned"] <= 600 * MIB
+    await measured(app, "b")  # its measurement runs once it is ready
     metrics = await (await app.client.get("/metrics")).text()
     # Once while b and c were learned (each ran alone), once now.
     assert 'swapvisor_evictions_total{model="a",reason="memory"} 2.0' in metrics
