@@ -201,7 +201,7 @@ class Router:
             },
             config.never_evicted(),
         )
-        for mid, upstream in getattr(self, "upstreams", {}).items():
+        for mid, upstream in self.upstreams.items():
             # Switched to this engine while models run: they hold their
             # estimate (or all that is left) until measured, at once.
             held = upstream.running or upstream.state is UpstreamState.SLEEPING

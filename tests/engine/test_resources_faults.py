@@ -8,8 +8,7 @@ reproduces a defect a review found, over the pure ``Ledger`` or a real
 from __future__ import annotations
 
 import asyncio
-import tempfile
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -22,6 +21,11 @@ from controller.engine.router import Router
 from controller.engine.scheduler import MustWait
 from controller.errors import InsufficientMemory
 from tests.engine.test_resources_ledger import ledger, load, vram
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
 from tests.engine.test_resources_properties import (
     FakeMemory,
     MemoryBackend,
@@ -114,34 +118,43 @@ models:
 
 
 @pytest.fixture
-def quick(monkeypatch: pytest.MonkeyPatch) -> None:
+def routers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[Callable[..., tuple[Router, MemoryBackend, str]]]:
+    """A Router over the memory-holding backend, short memory waits and
+    retries; returns it, its backend and the memory-engine config text (the
+    router starts on ``GROUP`` unless ``resources``). The test closes it."""
     monkeypatch.setattr(router_module, "MEMORY_WAIT_S", 0.05)
     monkeypatch.setattr(router_module, "MEMORY_POLL_S", 0.002)
     monkeypatch.setattr(router_module, "MEASURE_RETRY_S", 0.01)
 
+    def make(
+        *, resources: bool = False, **models: ModelSpec
+    ) -> tuple[Router, MemoryBackend, str]:
+        backend = MemoryBackend(models)
+        text = config_text(models, tmp_path / "learned.json")
+        router = Router(
+            parse_config(text if resources else GROUP).config,
+            BackendPool(backend, "p"),
+            memory=FakeMemory(backend),
+        )
+        return router, backend, text
 
-def specs(**sizes: ModelSpec) -> dict[str, ModelSpec]:
-    return sizes
+    yield make
 
 
-@pytest.mark.usefixtures("quick")
-async def test_switching_to_the_memory_engine_measures_what_runs() -> None:
-    models = specs(
+async def test_switching_to_the_memory_engine_measures_what_runs(
+    routers: Callable[..., tuple[Router, MemoryBackend, str]],
+) -> None:
+    router, backend, text = routers(
         m0=ModelSpec(2 * GIB, GIB, None, None, False, None),  # persistent, no needs
         big=ModelSpec(GIB, GIB, GIB, GIB, True, None),
         b=ModelSpec(2 * GIB, GIB, 2 * GIB, GIB, True, None),
     )
-    backend = MemoryBackend(models)
-    router = Router(
-        parse_config(GROUP).config,
-        BackendPool(backend, "p"),
-        memory=FakeMemory(backend),
-    )
     try:
         async with router.lease("m0"):
             pass
-        learned = Path(tempfile.mkdtemp()) / "learned.json"
-        router.reconfigure(parse_config(config_text(models, learned)).config)
+        router.reconfigure(parse_config(text).config)
         async with asyncio.timeout(5):  # m0 is measured, so b fits beside it
             async with router.lease("b"):
                 pass
@@ -150,26 +163,18 @@ async def test_switching_to_the_memory_engine_measures_what_runs() -> None:
         await router.aclose()
 
 
-@pytest.mark.usefixtures("quick")
-async def test_a_reload_to_the_memory_engine_with_a_model_too_big_refuses_only_it() -> (
-    None
-):
-    models = specs(
+async def test_a_reload_to_the_memory_engine_with_a_model_too_big_refuses_only_it(
+    routers: Callable[..., tuple[Router, MemoryBackend, str]],
+) -> None:
+    router, _, text = routers(
         m0=ModelSpec(0, 0, 0, 0, True, None),
         big=ModelSpec(4 * GIB, GIB, 30 * GIB, GIB, True, None),
         b=ModelSpec(4 * GIB, GIB, 4 * GIB, GIB, True, None),
     )
-    backend = MemoryBackend(models)
-    router = Router(
-        parse_config(GROUP).config,
-        BackendPool(backend, "p"),
-        memory=FakeMemory(backend),
-    )
     try:
         async with router.lease("big"):
             pass
-        learned = Path(tempfile.mkdtemp()) / "learned.json"
-        router.reconfigure(parse_config(config_text(models, learned)).config)
+        router.reconfigure(parse_config(text).config)
         assert router.ledger is not None
         async with router.lease("b"):
             pass
@@ -182,23 +187,16 @@ async def test_a_reload_to_the_memory_engine_with_a_model_too_big_refuses_only_i
         await router.aclose()
 
 
-@pytest.mark.usefixtures("quick")
-async def test_a_persistent_model_that_cannot_be_measured_does_not_hang_others() -> (
-    None
-):
-    models = specs(
+async def test_a_persistent_model_that_cannot_be_measured_does_not_hang_others(
+    routers: Callable[..., tuple[Router, MemoryBackend, str]],
+) -> None:
+    router, backend, _ = routers(
+        resources=True,
         m0=ModelSpec(2 * GIB, GIB, None, None, False, None),
         big=ModelSpec(GIB, GIB, GIB, GIB, True, None),
         b=ModelSpec(2 * GIB, GIB, 2 * GIB, GIB, True, None),
     )
-    backend = MemoryBackend(models)
     backend.script("m0").fail["footprint"] = BackendError("no cgroup stats")
-    learned = Path(tempfile.mkdtemp()) / "learned.json"
-    router = Router(
-        parse_config(config_text(models, learned)).config,
-        BackendPool(backend, "p"),
-        memory=FakeMemory(backend),
-    )
     try:
         async with router.lease("m0"):
             pass
