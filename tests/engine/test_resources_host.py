@@ -60,12 +60,16 @@ async def explained(app: App) -> dict[str, Any]:
 
 
 async def measured(app: App, mid: str) -> int:
-    """Wait until ``mid`` was measured; its host memory in bytes."""
+    """Wait until ``mid``'s current load was measured (explain keeps the
+    figures of an earlier load meanwhile); its host memory in bytes."""
     figures: dict[str, Any] = {}
+    ledger = app.router.ledger
+    assert ledger is not None
 
     async def poll() -> bool:
         figures.update(await explained(app))
-        return figures[mid]["measured"] is not None
+        fresh = mid not in ledger.unmeasured
+        return fresh and figures[mid]["measured"] is not None
 
     async with asyncio.timeout(10):
         while not await poll():
@@ -117,7 +121,7 @@ async def test_learned_models_share_the_budget_and_lru_idle_one_is_evicted(
     budget = info[""]["budget"]
     assert budget["ram"]["capacity"] == 600 * MIB
     assert budget["ram"]["planned"] <= 600 * MIB
-    await measured(app, "b")  # its measurement runs once it is ready
+    await measured(app, "b")  # this load's measurement, not the earlier one
     metrics = await (await app.client.get("/metrics")).text()
     # Once while b and c were learned (each ran alone), once now.
     assert 'swapvisor_evictions_total{model="a",reason="memory"} 2.0' in metrics
