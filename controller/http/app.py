@@ -22,12 +22,7 @@ from controller.engine.runtime import Runtime
 from controller.http import models, monitoring, ui, wiring
 from controller.http.inference import inference
 from controller.http.keys import NAMES, OPEN_ROUTES, PRELOAD, PROXY, RUNTIME
-from controller.http.middleware import (
-    Handler,
-    auth_middleware,
-    cors_middleware,
-    error_middleware,
-)
+from controller.http.middleware import Handler, front_middleware
 from controller.http.passthrough import comfyui, upstream_passthrough
 from controller.http.proxy import Proxy
 from controller.observability.logs import Logs
@@ -43,8 +38,7 @@ if TYPE_CHECKING:
 
 # Requests carry audio files and base64 images; llama-swap sets no limit.
 MAX_BODY_BYTES = 1 << 30
-# Outermost first: a preflight is answered before auth (as llama-swap).
-MIDDLEWARES = (cors_middleware, error_middleware, auth_middleware)
+MIDDLEWARES = (front_middleware,)
 
 
 @dataclass(frozen=True, slots=True)
