@@ -16,7 +16,11 @@ the server swapvisor's own child: ``${PID}``, exit codes, ``wait`` and logs are
 untouched. EOF needs no signal, ``prctl`` or ``setpriv``, and cannot be missed:
 the pipe is close-on-exec, so no server inherits the write end.
 
-Limits: a process that leaves its group (``setsid``, ``setpgid``) is not
+A process that left its group (``setsid``, ``setpgid``) is found by the
+``SWAPVISOR_SERVER`` mark in its environment (``backends/native.py``): at EOF
+the watcher also takes down every process whose mark names its swapvisor.
+
+Limits: a process that left its group and cleared its environment is not
 followed; a swapvisor killed between a server's exec and its ``+PGID`` (the
 event loop's next few steps) leaves that group unlisted (the server itself
 still gets the parent-death signal). A line written as a watcher dies is lost
@@ -36,6 +40,10 @@ import signal
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 GRACE_S = 1.0  # between SIGTERM and SIGKILL once swapvisor is gone
 
@@ -44,7 +52,9 @@ GRACE_S = 1.0  # between SIGTERM and SIGKILL once swapvisor is gone
 
 
 def watch(fd: int = 0, grace: float = GRACE_S) -> None:
-    """Track ``+PGID`` / ``-PGID`` lines on ``fd``; at EOF take every group down."""
+    """Track ``+PGID`` / ``-PGID`` lines on ``fd``; at EOF take every group
+    down, and every process marked as started by swapvisor (our parent)."""
+    swapvisor = os.getppid()
     groups: set[int] = set()
     pending = b""
     while chunk := _read(fd):
@@ -54,7 +64,15 @@ def watch(fd: int = 0, grace: float = GRACE_S) -> None:
                 groups.add(int(line[1:]))
             elif line[:1] == b"-":
                 groups.discard(int(line[1:]))
-    take_down(groups, grace)
+    take_down(groups, grace, strays=lambda: _marked_by(swapvisor))
+
+
+def _marked_by(swapvisor: int) -> frozenset[int]:
+    # Imported only now, by path: the watcher starts with -S -I and must start fast.
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from procfs import marked  # type: ignore[import-not-found]
+
+    return frozenset(marked(f"{swapvisor}.", prefix=True))
 
 
 def _read(fd: int) -> bytes:
@@ -64,15 +82,34 @@ def _read(fd: int) -> bytes:
         return b""
 
 
-def take_down(groups: set[int], grace: float) -> None:
-    """SIGTERM each group, SIGKILL what is left after ``grace``."""
+def take_down(
+    groups: set[int],
+    grace: float,
+    strays: Callable[[], frozenset[int]] = frozenset,
+) -> None:
+    """SIGTERM each group and each of the ``strays`` (processes outside
+    them), SIGKILL what is left after ``grace``."""
     left = {g for g in groups if _signal(g, signal.SIGTERM)}
+    loose = {p for p in strays() if _signal_one(p, signal.SIGTERM)}
     deadline = time.monotonic() + grace
-    while left and time.monotonic() < deadline:
+    while (left or loose) and time.monotonic() < deadline:
         time.sleep(0.02)
         left = {g for g in left if _signal(g, 0)}
+        loose = {p for p in loose if _signal_one(p, 0)}
     for g in left:
         _signal(g, signal.SIGKILL)
+    if loose:  # again: they may have forked meanwhile
+        for p in loose | strays():
+            _signal_one(p, signal.SIGKILL)
+
+
+def _signal_one(pid: int, sig: int) -> bool:
+    """Signal a process; False when it is gone (or not ours)."""
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def _signal(pgid: int, sig: int) -> bool:

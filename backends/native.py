@@ -6,6 +6,12 @@ SIGTERM to the whole group, then SIGKILL to the group after the grace period;
 Everything started here dies with swapvisor even when it is SIGKILLed: the
 direct child through the kernel's parent-death signal, its whole group through
 the lifeline (``backends/lifeline.py``).
+
+A process that left the group (``setsid``: a daemonizing server, a worker
+started in its own session) is found by the ``SWAPVISOR_SERVER`` mark every
+server's environment carries and its descendants inherit
+(``backends.procfs.marked``): it gets the SIGTERM with the group and, if it
+outlives the server, a SIGKILL; the lifeline looks for the marks too.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import itertools
 import os
 import shutil
 import signal
@@ -30,7 +37,7 @@ from backends.base import (
 )
 from backends.lifeline import LIFELINE
 from backends.probe import HttpProbe
-from backends.procfs import process_tree, tree_memory
+from backends.procfs import MARK, marked, process_tree, tree_memory
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
@@ -80,6 +87,7 @@ class _Child:
     # CPython 3.11.7 it also waits for the output pipes to close, which a
     # grandchild holding them open can delay forever.
     exited: asyncio.Future[int]
+    mark: str = ""  # its SWAPVISOR_SERVER value
     exit: ExitInfo | None = None
 
     async def wait_exit(self) -> int:
@@ -117,12 +125,15 @@ class NativeBackend:
     async def start(self, model: str, spec: LaunchSpec) -> Handle:
         if not spec.argv:
             raise BackendStartError("empty command")
+        mark = f"{os.getpid()}.{next(_STARTS)}"
+        env = {**_placed_env(spec), MARK: mark}
         try:
-            child = await _launch(spec.argv, _placed_env(spec), capture=True)
+            child = await _launch(spec.argv, env, capture=True)
         except OSError as exc:
             raise BackendStartError(
                 f"failed to start command {list(spec.argv)!r}: {exc.strerror or exc}"
             ) from exc
+        child.mark = mark
         ref = str(child.proc.pid)
         self._children[ref] = child
         return Handle(model=model, kind=self.kind, ref=ref, base_url=spec.base_url)
@@ -137,15 +148,26 @@ class NativeBackend:
         child = self._children.get(handle.ref)
         if child is None:
             return ExitInfo(code=None, forced=False)
-        if child.exit is None:
-            child.exit = await self._terminate(child, spec, grace)
-        # The group may hold grandchildren that outlived the leader.
-        _end_group(child.proc.pid)
+        pid = child.proc.pid
+        # Beside the stop, on a thread: what left the group (a few ms of /proc).
+        strays = asyncio.ensure_future(asyncio.to_thread(_strays, child.mark, pid))
+        try:
+            if child.exit is None:
+                child.exit = await self._terminate(child, spec, grace, strays)
+        finally:
+            # The group may hold grandchildren that outlived the leader.
+            _end_group(pid)
+            if await strays:  # then look again: they may have forked meanwhile
+                await asyncio.to_thread(_kill_marked, child.mark)
         del self._children[handle.ref]
         return child.exit
 
     async def _terminate(
-        self, child: _Child, spec: LaunchSpec, grace: float
+        self,
+        child: _Child,
+        spec: LaunchSpec,
+        grace: float,
+        strays: asyncio.Future[frozenset[int]],
     ) -> ExitInfo:
         if child.exited.done():
             return ExitInfo(code=child.exited.result(), forced=False)
@@ -156,6 +178,7 @@ class NativeBackend:
         stopper = await _start_cmd_stop(pid, spec) if spec.cmd_stop else None
         if stopper is None:
             _signal_group(pid, signal.SIGTERM)
+            _signal_each(await strays, signal.SIGTERM)
         try:
             async with asyncio.timeout_at(deadline):
                 return ExitInfo(code=await child.wait_exit(), forced=False)
@@ -283,6 +306,32 @@ async def _reap_by(child: _Child, deadline: float) -> None:
             await child.wait_exit()
     _end_group(child.proc.pid)
     await child.wait_exit()
+
+
+_STARTS = itertools.count(1)
+
+
+def _strays(mark: str, pgid: int) -> frozenset[int]:
+    """The server's processes outside its group (blocking: on a thread)."""
+    return frozenset(p for p in marked(mark) if _group_of(p) != pgid)
+
+
+def _group_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def _kill_marked(mark: str) -> None:
+    """SIGKILL every process still carrying ``mark`` (blocking)."""
+    _signal_each(marked(mark), signal.SIGKILL)
+
+
+def _signal_each(pids: frozenset[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
 
 
 def _end_group(pgid: int) -> None:

@@ -101,6 +101,37 @@ def process_tree(
     return frozenset(found & live)
 
 
+# In every native server's environment: which swapvisor started it, and which
+# start of that swapvisor it is ("<swapvisor pid>.<n>"). Its descendants
+# inherit it, so they can be found after they left the server's group and
+# tree: a daemon that called setsid and whose parent has exited hangs off
+# init, not off the server.
+MARK = "SWAPVISOR_SERVER"
+
+
+def marked(value: str, proc: str = PROC, *, prefix: bool = False) -> frozenset[int]:
+    """Live processes whose environment has ``SWAPVISOR_SERVER=value`` (with
+    ``prefix``: a value starting with ``value``). Reads every process's
+    ``environ`` (readable for our own user's processes, or all as root)."""
+    needle = f"\0{MARK}={value}".encode() + (b"" if prefix else b"\0")
+    found: set[int] = set()
+    try:
+        names = os.listdir(proc)
+    except OSError:
+        return frozenset()
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"{proc}/{name}/environ", "rb") as f:
+                env = f.read()
+        except OSError:  # gone, or another user's
+            continue
+        if needle in b"\0" + env + b"\0":
+            found.add(int(name))
+    return frozenset(found)
+
+
 def _pss(proc: str, pid: int) -> int | None:
     """PSS in bytes, None when ``smaps_rollup`` cannot be read (kernels before
     4.14, or no ptrace access to the process)."""

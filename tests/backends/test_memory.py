@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from backends.containers import top_pids
 from backends.memory import DeviceMemory, HostMemory, SystemMemory, read_meminfo
-from backends.procfs import container_memory, process_tree, tree_memory
+from backends.procfs import container_memory, marked, process_tree, tree_memory
 from tests.fakes.fake_nvml import GIB, FakeNvml
 
 if TYPE_CHECKING:
@@ -200,6 +200,25 @@ def test_process_tree_is_the_group_and_every_descendant(tmp_path: Path) -> None:
     # PSS where smaps_rollup is readable, RSS (statm) where it is not.
     want = (1000 + 500 + 1 + 7) * 1024 + 100 * PAGE
     assert tree_memory(tree, str(tmp_path)) == want
+
+
+def test_marked_finds_a_servers_processes_by_their_environment(tmp_path: Path) -> None:
+    def env(pid: int, *pairs: str) -> None:
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "environ").write_bytes(
+            b"".join(p.encode() + b"\0" for p in pairs)
+        )
+
+    env(10, "PATH=/bin", "SWAPVISOR_SERVER=7.1")  # a server of swapvisor 7
+    env(11, "SWAPVISOR_SERVER=7.1", "HOME=/")  # its daemon, first in its env
+    env(12, "SWAPVISOR_SERVER=7.12")  # another start: not a prefix match
+    env(13, "X=SWAPVISOR_SERVER=7.1")  # only a value that contains it
+    env(14, "SWAPVISOR_SERVER=70.1")  # another swapvisor
+    env(15)  # a zombie's environ reads empty
+    (tmp_path / "16").mkdir()  # another user's: unreadable, skipped
+    assert marked("7.1", str(tmp_path)) == {10, 11}
+    assert marked("7.", str(tmp_path), prefix=True) == {10, 11, 12}
+    assert marked("7.1", str(tmp_path / "absent")) == frozenset()
 
 
 def test_a_reaped_leaders_pid_may_be_anothers(tmp_path: Path) -> None:

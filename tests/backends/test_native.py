@@ -80,6 +80,43 @@ async def test_native_stop_kills_the_whole_process_group() -> None:
     await backend.aclose()
 
 
+async def test_native_stop_ends_a_daemon_that_left_the_group_and_the_tree() -> None:
+    """A server that daemonizes a worker (setsid, then its parent exits): the
+    worker is neither in the group nor below the server; its mark finds it."""
+    backend = NativeBackend()
+    spec = spec_for(free_port(), "--daemon-child")
+    handle = await backend.start("m", spec)
+    out: list[bytes] = []
+
+    async def read() -> None:
+        async for line in backend.logs(handle):
+            out.append(line)
+            if b"daemon pid" in line:
+                return
+
+    await asyncio.wait_for(read(), 10)
+    daemon = int(re.search(rb"daemon pid (\d+)", b"".join(out)).group(1))  # type: ignore[union-attr]
+    assert alive(daemon)
+    assert os.getpgid(daemon) != int(handle.ref)  # out of the group
+    await backend.stop(handle, spec, grace=5)
+    await wait_until(lambda: not alive(daemon), timeout=5)
+    await backend.aclose()
+
+
+async def test_native_stop_after_a_crash_ends_the_daemon_it_left() -> None:
+    backend = NativeBackend()
+    spec = spec_for(free_port(), "--daemon-child", "--exit-after", "0.5")
+    handle = await backend.start("m", spec)
+    out: list[bytes] = []
+    async for line in backend.logs(handle):  # to the end: it exits
+        out.append(line)  # noqa: PERF401 - read while it grows
+    daemon = int(re.search(rb"daemon pid (\d+)", b"".join(out)).group(1))  # type: ignore[union-attr]
+    assert alive(daemon)  # the server is gone, its daemon is not
+    await backend.stop(handle, spec, grace=5)
+    await wait_until(lambda: not alive(daemon), timeout=5)
+    await backend.aclose()
+
+
 async def test_native_cmd_stop_runs_with_pid(tmp_path: Path) -> None:
     marker = tmp_path / "stopped"
     stopper = ("sh", "-c", f"echo ${{PID}} > {marker}; kill -TERM ${{PID}}")
@@ -183,7 +220,7 @@ def run_parent_then_sigkill_it(tmp_path: Path, *flags: str) -> list[int]:
             handle = await backend.start("m", spec)
             pids = [handle.ref]
             async for line in backend.logs(handle):  # up to the banner
-                if m := re.search(rb"child pid (\\d+)", line):
+                if m := re.search(rb"(?:child|daemon) pid (\\d+)", line):
                     pids.append(m.group(1).decode())
                 if b"listening" in line:
                     break
@@ -207,6 +244,12 @@ def test_native_children_die_when_the_parent_is_sigkilled(tmp_path: Path) -> Non
     """The kernel's parent-death signal: no orphan even after SIGKILL."""
     [child] = run_parent_then_sigkill_it(tmp_path)
     wait_until_sync(lambda: not alive(child), timeout=5)
+
+
+def test_native_daemons_die_when_the_parent_is_sigkilled(tmp_path: Path) -> None:
+    """The lifeline also takes what left the group, by its mark."""
+    _, daemon = run_parent_then_sigkill_it(tmp_path, "--daemon-child")
+    wait_until_sync(lambda: not alive(daemon), timeout=5)
 
 
 def test_native_grandchildren_die_when_the_parent_is_sigkilled(tmp_path: Path) -> None:

@@ -994,10 +994,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="spawn a sleeping grandchild process and print 'child pid N'",
     )
+    p.add_argument(
+        "--daemon-child",
+        action="store_true",
+        help="start a daemon (its own session, its parent gone: it hangs off "
+        "init, outside this server's group and tree); print 'daemon pid N'",
+    )
     return p.parse_args(argv)
 
 
 _HELD: list[bytearray] = []  # alive for the life of the process
+
+# The classic double fork: a new session, then the session leader exits.
+_DAEMON = (
+    "import os, sys, time\n"
+    "os.setsid()\n"
+    "if os.fork(): os._exit(0)\n"
+    "print(os.getpid(), flush=True)\n"
+    "sys.stdout = open(os.devnull, 'w'); os.close(1)\n"
+    "time.sleep(3600)\n"
+)
+
+
+def start_daemon() -> int:
+    """Start a daemon that outlives its parent; its pid."""
+    import subprocess  # only here: keeps the usual startup fast
+
+    with subprocess.Popen(
+        [sys.executable, "-c", _DAEMON],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # as a daemon does: not our log pipe
+        text=True,
+    ) as first:
+        assert first.stdout is not None
+        pid = int(first.stdout.readline())
+    return pid
 
 
 def hold_memory(mib: int) -> None:
@@ -1058,6 +1090,9 @@ def main(argv: list[str] | None = None) -> int:
             stdin=subprocess.DEVNULL,
         )
         log(f"child pid {child.pid}")
+
+    if args.daemon_child:
+        log(f"daemon pid {start_daemon()}")
 
     if args.startup_delay > 0:
         time.sleep(float(args.startup_delay))
