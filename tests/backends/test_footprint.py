@@ -93,7 +93,9 @@ async def test_native_footprint_measures_held_memory_and_its_growth() -> None:
         await post(spec.base_url)  # the first POST grows it before answering
         after = await backend.footprint(handle)
         assert after.host_bytes is not None
-        assert after.host_bytes >= before.host_bytes + 100 * MIB
+        # PSS splits shared pages (libraries) among the processes sharing
+        # them, so the rest moves a little as other processes come and go.
+        assert after.host_bytes >= before.host_bytes + 100 * MIB - 2 * MIB
     finally:
         await backend.stop(handle, spec, grace=5)
         await backend.aclose()
