@@ -54,6 +54,8 @@ async def logs_stream(request: web.Request) -> web.StreamResponse:
     """Chunked live tail; history first unless ``?no-history``."""
     name = request.match_info.get("name", "")
     monitor = _monitor(request, name)
+    if request.method == hdrs.METH_HEAD:  # the headers only: a stream has no end
+        return web.Response(headers=_STREAM_HEADERS)
     response = web.StreamResponse(headers=_STREAM_HEADERS)
     response.enable_chunked_encoding()
     sub = monitor.subscribe()
@@ -81,17 +83,20 @@ def _monitor(request: web.Request, name: str) -> LogMonitor:
     return monitor
 
 
+_EVENT_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Content-Type-Options": "nosniff",
+    "X-Accel-Buffering": "no",
+}
+
+
 async def events(request: web.Request) -> web.StreamResponse:
     """The UI's one live feed: logs, model states, in-flight requests, activity."""
     bus = request.app[EVENTS]
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Content-Type-Options": "nosniff",
-            "X-Accel-Buffering": "no",
-        }
-    )
+    if request.method == hdrs.METH_HEAD:  # the headers only: a stream has no end
+        return web.Response(headers=_EVENT_HEADERS)
+    response = web.StreamResponse(headers=_EVENT_HEADERS)
     queue = bus.subscribe()
     try:
         await response.prepare(request)

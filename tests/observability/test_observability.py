@@ -1378,3 +1378,28 @@ async def test_version_performance_and_hardware(
     assert hw["memory"]["capacity_bytes"] > 0
     assert hw["cpu"]["logical_thread_count"] >= 1
     assert await obs.json("/api/hardware") == hw  # one snapshot, kept
+
+
+@pytest.mark.parametrize("path", ["/logs/stream", "/logs/stream/proxy", "/api/events"])
+async def test_head_on_a_live_stream_is_its_headers_alone(
+    apps: Apps, path: str
+) -> None:
+    """A stream never ends, so HEAD answers at once, with no body: the next
+    request on the same connection reads a clean response."""
+    obs = await apps.start(f"models:\n  a:\n    cmd: {fake_cmd('a')}\n")
+    port = obs.client.server.port
+    assert port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n"
+        "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    )
+    async with asyncio.timeout(5):
+        raw = await reader.read(-1)  # until the server closes after /health
+    writer.close()
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"chunked" not in head.lower()
+    # What follows the HEAD response is the next response, from its first byte.
+    assert rest.startswith(b"HTTP/1.1 200"), rest[:80]
+    assert rest.endswith(b"\r\n\r\nOK")
