@@ -7,6 +7,7 @@ exist, names do not collide) live in ``controller.crosscheck``.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -101,12 +102,18 @@ class Filters(Section):
         return data
 
     def strip(self) -> tuple[str, ...]:
-        keys = {k.strip() for k in self.strip_params.split(",")} - {"", "model"}
-        return tuple(sorted(keys))
+        return _strip_keys(self.strip_params)
 
     @property
     def active(self) -> bool:
         return bool(self.strip() or self.set_params or self.set_params_by_id)
+
+
+@functools.lru_cache(maxsize=64)
+def _strip_keys(strip_params: str) -> tuple[str, ...]:
+    # Asked on every proxied request: parsed once per distinct setting.
+    keys = {k.strip() for k in strip_params.split(",")} - {"", "model"}
+    return tuple(sorted(keys))
 
 
 class Capabilities(Section):

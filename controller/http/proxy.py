@@ -9,6 +9,7 @@ frame by frame.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -142,9 +143,7 @@ class Proxy:
         route: Route,
         body: bytes | AsyncIterable[bytes] | None,
     ) -> Answer:
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=route.connect_timeout_s
-        )
+        timeout = _timeouts(route.connect_timeout_s)
         try:
             if route.header_timeout_s is None:  # no timer to arm per request
                 return await self._send(request, route, body, timeout)
@@ -309,15 +308,23 @@ async def _relay_whole(
         body = await upstream.read()
     except (aiohttp.ClientError, OSError) as exc:
         raise UpstreamError(await _lost(route, exc)) from exc
-    if route.tap is not None:
-        route.tap.headers(upstream.status, upstream.headers.items())
-        route.tap.chunk(body)
     response = web.Response(
         status=upstream.status,
         reason=upstream.reason,
         headers=_response_headers(upstream.headers),
         body=body,
     )
+    if route.tap is None:
+        return response
+    # Sent here rather than after the handler returns, so that observing it
+    # happens after the client has it, not on its time (bench/: c=1 latency).
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:
+        _client_left(request, response)
+    route.tap.headers(upstream.status, upstream.headers.items())
+    route.tap.chunk(body)
     return response
 
 
@@ -436,6 +443,12 @@ async def _why(route: Route) -> str:
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@functools.lru_cache(maxsize=32)
+def _timeouts(connect_s: float | None) -> aiohttp.ClientTimeout:
+    # Immutable, and the same for every request to a model: made once.
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect_s)
 
 
 def decoded_body(request: web.Request) -> bool:
