@@ -289,17 +289,26 @@ def _first(obj: Any, paths: tuple[tuple[str, ...], ...]) -> Any:
 
 
 def _usage_tokens(usage: Any) -> tuple[int, int, int] | None:
-    """(input, output, cached) from a usage object; None if it names none."""
-    ok = False
-    values = []
-    for paths in _TOKEN_PATHS:  # once per response: kept to plain loops
-        value = _first(usage, paths)
-        ok = ok or value is not _MISSING
-        values.append(_as_int(value) if value is not _MISSING else None)
-    if not ok:
+    """(input, output, cached) from a usage object; None if it names none.
+    The paths of ``_TOKEN_PATHS``, spelled out: this runs for every response."""
+    if not isinstance(usage, dict):
         return None
-    i, o, c = values
-    return i or 0, o or 0, -1 if c is None else c
+    i = usage.get("prompt_tokens", _MISSING)
+    if i is _MISSING:
+        i = usage.get("input_tokens", _MISSING)
+    o = usage.get("completion_tokens", _MISSING)
+    if o is _MISSING:
+        o = usage.get("output_tokens", _MISSING)
+    c = usage.get("cache_read_input_tokens", _MISSING)
+    if c is _MISSING:
+        c = _first(usage, _TOKEN_PATHS[2][1:])
+    if i is _MISSING and o is _MISSING and c is _MISSING:
+        return None
+    return (
+        0 if i is _MISSING else _as_int(i) or 0,
+        0 if o is _MISSING else _as_int(o) or 0,
+        -1 if c is _MISSING else _as_int(c),
+    )
 
 
 def _build(
