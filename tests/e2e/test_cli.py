@@ -345,3 +345,21 @@ def test_tls_flags_serve_https(
     done = run_cli("--config", str(config), "--tls-cert-file", str(cert))
     assert done.returncode == 1
     assert "both --tls-cert-file and --tls-key-file" in done.stderr
+
+
+def test_serving_takes_start_up_objects_out_of_the_collectors_sight() -> None:
+    """What ``serve`` does once listening (``_tune_gc``): start-up objects are
+    frozen and young collections run less often."""
+    import gc
+
+    from controller.cli import main as cli
+
+    before = gc.get_threshold()
+    try:
+        cli._tune_gc()
+        assert gc.get_freeze_count() > 10_000  # the modules, at least
+        assert gc.get_threshold() == cli.GC_THRESHOLDS
+        assert cli.GC_THRESHOLDS[0] > before[0]
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
