@@ -51,10 +51,11 @@ GRACE_S = 1.0  # between SIGTERM and SIGKILL once swapvisor is gone
 # -- the watcher (runs in its own process) -------------------------------------------
 
 
-def watch(fd: int = 0, grace: float = GRACE_S) -> None:
+def watch(fd: int = 0, grace: float = GRACE_S, swapvisor: int | None = None) -> None:
     """Track ``+PGID`` / ``-PGID`` lines on ``fd``; at EOF take every group
-    down, and every process marked as started by swapvisor (our parent)."""
-    swapvisor = os.getppid()
+    down, and every process marked as started by ``swapvisor`` (its pid;
+    default our parent, though by then it may have died)."""
+    swapvisor = os.getppid() if swapvisor is None else swapvisor
     groups: set[int] = set()
     pending = b""
     while chunk := _read(fd):
@@ -90,7 +91,7 @@ def take_down(
     """SIGTERM each group and each of the ``strays`` (processes outside
     them), SIGKILL what is left after ``grace``."""
     left = {g for g in groups if _signal(g, signal.SIGTERM)}
-    loose = {p for p in strays() if _signal_one(p, signal.SIGTERM)}
+    loose = {p for p in _found(strays) if _signal_one(p, signal.SIGTERM)}
     deadline = time.monotonic() + grace
     while (left or loose) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -99,8 +100,16 @@ def take_down(
     for g in left:
         _signal(g, signal.SIGKILL)
     if loose:  # again: they may have forked meanwhile
-        for p in loose | strays():
+        for p in loose | _found(strays):
             _signal_one(p, signal.SIGKILL)
+
+
+def _found(strays: Callable[[], frozenset[int]]) -> frozenset[int]:
+    # Whatever goes wrong looking for them, the groups still get their SIGKILL.
+    try:
+        return strays()
+    except Exception:  # the watcher has nobody to tell
+        return frozenset()
 
 
 def _signal_one(pid: int, sig: int) -> bool:
@@ -194,7 +203,13 @@ class Lifeline:
         try:
             self._pid = os.posix_spawn(
                 sys.executable,
-                [sys.executable, "-S", "-I", os.path.abspath(__file__)],
+                [
+                    sys.executable,
+                    "-S",
+                    "-I",
+                    os.path.abspath(__file__),
+                    str(os.getpid()),
+                ],
                 os.environ,
                 file_actions=[
                     (os.POSIX_SPAWN_DUP2, read, 0),
@@ -228,4 +243,4 @@ LIFELINE = Lifeline()
 
 
 if __name__ == "__main__":
-    watch()
+    watch(swapvisor=int(sys.argv[1]) if len(sys.argv) > 1 else None)

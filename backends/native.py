@@ -21,6 +21,7 @@ import contextlib
 import ctypes
 import errno
 import itertools
+import logging
 import os
 import shutil
 import signal
@@ -40,10 +41,11 @@ from backends.probe import HttpProbe
 from backends.procfs import MARK, marked, process_tree, tree_memory
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
     from backends.base import Backend
 
+log = logging.getLogger("swapvisor.native")
 _PR_SET_PDEATHSIG = 1
 EXIT_REAP_S = 1.0
 _libc: ctypes.CDLL | None
@@ -149,7 +151,8 @@ class NativeBackend:
         if child is None:
             return ExitInfo(code=None, forced=False)
         pid = child.proc.pid
-        # Beside the stop, on a thread: what left the group (a few ms of /proc).
+        # Beside the stop, on a thread: what left the group (a few ms of /proc);
+        # those get the SIGTERM as soon as they are known.
         strays = asyncio.ensure_future(asyncio.to_thread(_strays, child.mark, pid))
         try:
             if child.exit is None:
@@ -157,8 +160,8 @@ class NativeBackend:
         finally:
             # The group may hold grandchildren that outlived the leader.
             _end_group(pid)
-            if await strays:  # then look again: they may have forked meanwhile
-                await asyncio.to_thread(_kill_marked, child.mark)
+            if await _within(strays, STRAY_SCAN_S):  # again: they may have forked
+                await _within(asyncio.to_thread(_kill_marked, child.mark), STRAY_SCAN_S)
         del self._children[handle.ref]
         return child.exit
 
@@ -178,7 +181,7 @@ class NativeBackend:
         stopper = await _start_cmd_stop(pid, spec) if spec.cmd_stop else None
         if stopper is None:
             _signal_group(pid, signal.SIGTERM)
-            _signal_each(await strays, signal.SIGTERM)
+            strays.add_done_callback(_terminate_strays)
         try:
             async with asyncio.timeout_at(deadline):
                 return ExitInfo(code=await child.wait_exit(), forced=False)
@@ -309,6 +312,26 @@ async def _reap_by(child: _Child, deadline: float) -> None:
 
 
 _STARTS = itertools.count(1)
+# A /proc read can block on a process stuck in the kernel (a hung mount, a
+# driver): a stop never waits longer than this for the scan.
+STRAY_SCAN_S = 2.0
+
+
+async def _within(
+    work: asyncio.Future[frozenset[int]] | Awaitable[None], limit_s: float
+) -> frozenset[int]:
+    """What ``work`` found (nothing for None), or nothing after ``limit_s``."""
+    try:
+        found = await asyncio.wait_for(asyncio.shield(work), limit_s)
+    except TimeoutError:
+        log.warning("reading /proc for a server's strays took over %g s", limit_s)
+        return frozenset()
+    return found if isinstance(found, frozenset) else frozenset()
+
+
+def _terminate_strays(scan: asyncio.Future[frozenset[int]]) -> None:
+    if not scan.cancelled() and scan.exception() is None:
+        _signal_each(scan.result(), signal.SIGTERM)
 
 
 def _strays(mark: str, pgid: int) -> frozenset[int]:

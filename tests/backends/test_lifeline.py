@@ -9,7 +9,7 @@ import signal
 import subprocess
 from typing import TYPE_CHECKING
 
-from backends.lifeline import GRACE_S, Lifeline
+from backends.lifeline import GRACE_S, Lifeline, take_down
 from tests.conftest import PY
 
 if TYPE_CHECKING:
@@ -71,3 +71,15 @@ def test_lifeline_replaces_a_dead_watcher_and_tells_it_every_group() -> None:
         first.kill()
         second.kill()
         list(reaped(first, second))
+
+
+def test_a_failing_search_for_strays_still_kills_the_groups() -> None:
+    """Whatever goes wrong reading /proc, a group that ignores SIGTERM still
+    gets its SIGKILL."""
+    stubborn = group_leader(STUBBORN)
+
+    def broken() -> frozenset[int]:
+        raise OSError("no /proc here")
+
+    take_down({stubborn.pid}, 0.2, strays=broken)
+    assert list(reaped(stubborn)) == [-signal.SIGKILL]

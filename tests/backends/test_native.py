@@ -10,11 +10,13 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from backends import native
 from backends.base import BackendStartError, Handle, Health, LaunchSpec
 from backends.native import NativeBackend
 from tests.conftest import FAKE, PY, alive, free_port, wait_until, wait_until_sync
@@ -257,3 +259,30 @@ def test_native_grandchildren_die_when_the_parent_is_sigkilled(tmp_path: Path) -
     child, grandchild = run_parent_then_sigkill_it(tmp_path, "--spawn-child")
     wait_until_sync(lambda: group_members(child) == [], timeout=2)
     assert not alive(grandchild)
+
+
+async def test_a_stop_does_not_wait_long_for_a_stuck_proc_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reading /proc can block on a process stuck in the kernel; the stop
+    goes on without the stray search after STRAY_SCAN_S."""
+    monkeypatch.setattr(native, "STRAY_SCAN_S", 0.2)
+    release = threading.Event()
+
+    def stuck(mark: str, pgid: int) -> frozenset[int]:
+        release.wait(10)
+        return frozenset()
+
+    monkeypatch.setattr(native, "_strays", stuck)
+    backend = NativeBackend()
+    spec = spec_for(free_port())
+    handle = await backend.start("m", spec)
+    await until_ready(backend, handle, spec)
+    began = time.monotonic()
+    try:
+        info = await asyncio.wait_for(backend.stop(handle, spec, grace=5), 5)
+    finally:
+        release.set()
+    assert info.forced is False
+    assert time.monotonic() - began < 2
+    await backend.aclose()
