@@ -494,14 +494,16 @@ class ActivityStore:
         with self._lock:
             old, self._db, self.path = self._db, db, path
             self._pending = []  # the old database's rows, not copied either
-            # Ids keep growing: captures are kept by id across the move.
+            # Ids keep growing (a file-backed database numbers its own rows).
             self._last_id = max(self._last_id, _last_id(db))
             old.close()
 
     def close(self) -> None:
         with self._lock:
-            self._catch_up()
-            self._db.close()
+            try:
+                self._catch_up()
+            finally:
+                self._db.close()
 
     def add(self, entry: ActivityEntry) -> int:
         """Insert ``entry``, set and return its id; prune when in memory."""
@@ -538,7 +540,11 @@ class ActivityStore:
         """Write the rows waiting in memory; under the lock, before a read."""
         if self._pending:
             rows, self._pending = self._pending, []
-            self._write(_INSERT_WITH_ID_SQL, rows)
+            try:
+                self._write(_INSERT_WITH_ID_SQL, rows)
+            except BaseException:
+                self._pending = rows + self._pending  # kept for the next read
+                raise
 
     def _write(self, sql: str, rows: list[tuple[object, ...]]) -> tuple[int, int]:
         """Insert ``rows`` in one transaction (pruning when in memory); the

@@ -591,3 +591,23 @@ def test_store_path_really_not_writable(tmp_path: Path) -> None:  # pragma: no c
     ro.mkdir(mode=0o500)
     with pytest.raises(ValueError, match="is not writable: permission denied"):
         validate_store_path(str(ro / "a.db"))
+
+
+def test_rows_waiting_in_memory_survive_a_failed_write(
+    store: ActivityStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In memory, rows reach SQLite when read; a write that fails there
+    loses none of them: the next read writes them."""
+    store.add_many([entry(), entry(), entry()])
+    real = store._write
+
+    def failing(sql: str, rows: list[tuple[object, ...]]) -> tuple[int, int]:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store, "_write", failing)
+    with pytest.raises(sqlite3.OperationalError):
+        store.stats()
+    monkeypatch.setattr(store, "_write", real)
+    store.add_many([entry()])
+    assert store.stats()["total_requests"] == 4
+    assert ids(store.query(q())) == [4, 3, 2, 1]
