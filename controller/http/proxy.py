@@ -308,24 +308,15 @@ async def _relay_whole(
         body = await upstream.read()
     except (aiohttp.ClientError, OSError) as exc:
         raise UpstreamError(await _lost(route, exc)) from exc
-    response = web.Response(
+    if route.tap is not None:
+        route.tap.headers(upstream.status, upstream.headers.items())
+        route.tap.chunk(body)
+    return web.Response(
         status=upstream.status,
         reason=upstream.reason,
         headers=_response_headers(upstream.headers),
         body=body,
     )
-    if route.tap is None:
-        return response
-    # Sent here rather than after the handler returns, so that observing it
-    # happens after the client has it, not on its time (bench/: c=1 latency).
-    try:
-        await response.prepare(request)
-        await response.write_eof()
-    except ConnectionError:
-        _client_left(request, response)
-    route.tap.headers(upstream.status, upstream.headers.items())
-    route.tap.chunk(body)
-    return response
 
 
 async def _append(
