@@ -261,8 +261,10 @@ def _tune_gc() -> None:
     less often. Under load the collector had spent ~14 µs per request, most
     of it walking those start-up objects in full collections (bench/;
     docs/performance.md). A reload's replaced config is freed by reference
-    counting as before; only cycles among start-up objects stay. No full
-    collection first: it found nothing at start-up and took ~20 ms."""
+    counting as before; only cycles among start-up objects stay. Full
+    collections become rarer too (every few million allocations), so cyclic
+    garbage, a traceback's frames for one, lives longer before it is freed.
+    No full collection first: it found nothing at start-up and took ~20 ms."""
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
 
