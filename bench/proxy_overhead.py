@@ -101,6 +101,10 @@ TARGET_SWAP_OVERHEAD_MS = 20.0
 CONCURRENCY = 32
 STREAM_CHUNKS = 1000
 SHORT_STREAM_CHUNKS = 3
+# Part (c)'s explanatory runs: how long both paths sit idle before each
+# 3-chunk stream (this VM's vCPUs halt when idle for more than ~0.2 ms, and
+# every process a request wakes from a halted vCPU pays for it).
+IDLE_GAP_S = 0.02
 # Well above CONCURRENCY: the default (10) would turn a burst of 32 requests
 # into 429s, and the benchmark would time rejections instead of proxying.
 MODEL_CONCURRENCY_LIMIT = 64
@@ -758,6 +762,7 @@ _VOLATILE = re.compile(rb'"id": "chatcmpl-[0-9a-f]+"|"created": \d+')
 @dataclass
 class StreamRun:
     status: int
+    head_ms: float  # request sent -> response headers parsed
     ttfb_ms: float  # request sent -> first body byte
     total_ms: float  # request sent -> end of the chunked body
     body: bytes
@@ -773,19 +778,26 @@ def one_stream(port: int, body: bytes) -> StreamRun:
         t0 = time.perf_counter_ns()
         conn.request("POST", CHAT, body, {"Content-Type": "application/json"})
         resp = conn.getresponse()
+        head = time.perf_counter_ns() - t0
         parts.append(resp.read1(65536))
         ttfb = time.perf_counter_ns() - t0
         while chunk := resp.read1(65536):
             parts.append(chunk)
         total = time.perf_counter_ns() - t0
-        return StreamRun(resp.status, ttfb / 1e6, total / 1e6, b"".join(parts))
+        return StreamRun(
+            resp.status, head / 1e6, ttfb / 1e6, total / 1e6, b"".join(parts)
+        )
     finally:
         conn.close()
 
 
 def stream_pair(
-    ports: dict[str, int], chunks: int, n: int
+    ports: dict[str, int], chunks: int, n: int, *, idle_s: float = 0.0
 ) -> dict[str, list[StreamRun]]:
+    """``n`` streams per path, the paths alternating (each stream follows one
+    on the other path, so swapvisor has sat idle for the length of a direct
+    stream before each of its own). ``idle_s``: both paths idle that long
+    before every stream."""
     body = chat_body("p", stream=True, chunks=chunks)
     runs: dict[str, list[StreamRun]] = {"direct": [], "through": []}
     for port in ports.values():
@@ -793,13 +805,39 @@ def stream_pair(
     for i in range(n):
         order = ("direct", "through") if i % 2 == 0 else ("through", "direct")
         for path in order:
+            if idle_s:
+                time.sleep(idle_s)  # the condition measured, not a wait
             runs[path].append(one_stream(ports[path], body))
     return runs
+
+
+def stream_streaks(
+    ports: dict[str, int], chunks: int, n: int
+) -> dict[str, list[StreamRun]]:
+    """``n`` streams on one path back to back, then on the other: each stream
+    through swapvisor follows one through swapvisor (a busy proxy)."""
+    body = chat_body("p", stream=True, chunks=chunks)
+    runs: dict[str, list[StreamRun]] = {}
+    for path, port in ports.items():
+        one_stream(port, body)  # warm-up
+        runs[path] = [one_stream(port, body) for _ in range(n)]
+    return runs
+
+
+def _added_p50(runs: dict[str, list[StreamRun]], part: str) -> float:
+    """Through minus direct, p50 of ``part`` (a StreamRun field), ms."""
+    p50: dict[str, float] = {
+        path: statistics.median(float(getattr(r, part)) for r in rs)
+        for path, rs in runs.items()
+    }
+    return p50["through"] - p50["direct"]
 
 
 def bench_stream(ports: dict[str, int], c: Counts) -> JSONDict:
     runs = stream_pair(ports, STREAM_CHUNKS, c.streams)
     short = stream_pair(ports, SHORT_STREAM_CHUNKS, c.streams)
+    streaks = stream_streaks(ports, STREAM_CHUNKS, c.streams)
+    idle = stream_pair(ports, SHORT_STREAM_CHUNKS, c.streams, idle_s=IDLE_GAP_S)
 
     def summary(rs: list[StreamRun], short_rs: list[StreamRun]) -> JSONDict:
         return {
@@ -827,7 +865,12 @@ def bench_stream(ports: dict[str, int], c: Counts) -> JSONDict:
             "ttfb_p50": t["ttfb_ms"]["p50"] - d["ttfb_ms"]["p50"],
             "short_ttfb_p50": t["short_stream_ttfb_ms"]["p50"]
             - d["short_stream_ttfb_ms"]["p50"],
+            # Explanations of ttfb_p50, not targets (docs/performance.md).
+            "head_p50": _added_p50(runs, "head_ms"),
+            "ttfb_p50_back_to_back": _added_p50(streaks, "ttfb_ms"),
+            "short_ttfb_p50_after_idle": _added_p50(idle, "ttfb_ms"),
         },
+        "idle_gap_s": IDLE_GAP_S,
         "bytes_identical": d["body_bytes"] == t["body_bytes"]
         and len(d["body_bytes"]) == 1,
         "content_identical_except_id_created": norm["direct"] == norm["through"]
@@ -1189,6 +1232,25 @@ def print_report(res: JSONDict) -> None:
             f3(d["short_stream_ttfb_ms"]["p50"]),
             f3(t["short_stream_ttfb_ms"]["p50"]),
             d3(a["short_ttfb_p50"]),
+        )
+        row(
+            f"    {STREAM_CHUNKS}-chunk SSE headers, added p50 ms",
+            "",
+            "",
+            d3(a["head_p50"]),
+        )
+        row(
+            f"    {STREAM_CHUNKS}-chunk SSE first byte back to back, added",
+            "",
+            "",
+            d3(a["ttfb_p50_back_to_back"]),
+        )
+        row(
+            f"    {SHORT_STREAM_CHUNKS}-chunk first byte, both idle "
+            f"{IDLE_GAP_S * 1000:g} ms before, added",
+            "",
+            "",
+            d3(a["short_ttfb_p50_after_idle"]),
         )
     if "swap" in res:
         sw = res["swap"]
