@@ -1,0 +1,2 @@
+module gofake
+go 1.19
