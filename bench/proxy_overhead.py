@@ -102,8 +102,8 @@ CONCURRENCY = 32
 STREAM_CHUNKS = 1000
 SHORT_STREAM_CHUNKS = 3
 # Part (c)'s explanatory runs: how long both paths sit idle before each
-# 3-chunk stream (this VM's vCPUs halt when idle for more than ~0.2 ms, and
-# every process a request wakes from a halted vCPU pays for it).
+# 3-chunk stream (this VM's vCPUs halt as soon as they have nothing to run,
+# and every process a request wakes on a halted vCPU pays for it).
 IDLE_GAP_S = 0.02
 # Well above CONCURRENCY: the default (10) would turn a burst of 32 requests
 # into 429s, and the benchmark would time rejections instead of proxying.
