@@ -396,6 +396,33 @@ def _worth_parsing(data: bytes) -> bool:
     return _MARKERS[0] in data
 
 
+def _marked_lines(block: bytes) -> list[tuple[int, int]]:
+    """(start, end) of each line of ``block`` holding a marker other than a
+    null usage, in order. A fast upstream's read can hold a thousand events
+    and a usage event at the end: testing every line cost a fifth of the
+    relay's CPU (bench/native_sse), while searching for the markers skips the
+    lines between them in C."""
+    starts: set[int] = set()
+    for marker in _MARKERS:
+        pos = block.find(marker)
+        while pos >= 0:
+            after = pos + len(marker)
+            if marker != _MARKERS[0] or not _null_at(block, after):
+                starts.add(block.rfind(b"\n", 0, pos) + 1)
+            pos = block.find(marker, after)
+    lines = []
+    for start in sorted(starts):
+        end = block.find(b"\n", start)
+        lines.append((start, len(block) if end < 0 else end))
+    return lines
+
+
+def _null_at(block: bytes, pos: int) -> bool:
+    """Whether a usage key ending at ``pos`` has the value null, as written
+    in ``_NULL_USAGE``."""
+    return any(block.startswith(null[len(_MARKERS[0]) :], pos) for null in _NULL_USAGE)
+
+
 # --------------------------------------------------------- decompression ---
 
 
@@ -544,7 +571,8 @@ class StreamUsage:
         self._partial += data
 
     def _lines(self, block: bytes) -> None:
-        for line in block.split(b"\n"):
+        for start, end in _marked_lines(block):
+            line = block[start:end]
             if _worth_parsing(line):
                 event = _data_of(line)
                 if event is not _MISSING:

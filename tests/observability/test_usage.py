@@ -8,6 +8,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+from hypothesis import given, strategies as st
 
 from controller.observability import usage as usage_mod
 from controller.observability.usage import (
@@ -422,6 +423,69 @@ def test_feed_only_decodes_lines_that_can_carry_usage(
     assert s.result().input_tokens == 1200
     # four "usage": null chunks and [DONE] are skipped without json.loads
     assert len(decoded) == 1 and b'"prompt_tokens":1200' in decoded[0]
+
+
+# Pieces of SSE lines: markers, null usages, JSON punctuation and words. No
+# fragment of a marker (such as '"us'), so removing a null usage can never
+# splice a new marker together (see test_a_null_usage_never_makes_a_marker).
+_PIECES = st.sampled_from(
+    [
+        b'"usage"',
+        b'"usage":null',
+        b'"usage": null',
+        b'"usage":{"prompt_tokens":3}',
+        b'"timings"',
+        b'"metrics"',
+        b"data: ",
+        b"{",
+        b"}",
+        b":",
+        b",",
+        b" ",
+        b"null",
+        b'"choices":[]',
+        b"x",
+        b"\r",
+    ]
+)
+_LINES = st.lists(st.lists(_PIECES, max_size=8).map(b"".join), max_size=12)
+
+
+@given(_LINES, st.sampled_from([b"\n", b"\n\n"]))
+def test_only_marked_lines_are_tested_and_none_is_missed(
+    lines: list[bytes], sep: bytes
+) -> None:
+    block = sep.join(lines)
+    every_line = [line for line in block.split(b"\n") if usage_mod._worth_parsing(line)]
+    found = [block[a:b] for a, b in usage_mod._marked_lines(block)]
+    assert [line for line in found if usage_mod._worth_parsing(line)] == every_line
+    assert all(b"\n" not in line for line in found)
+
+
+def test_a_null_usage_never_makes_a_marker() -> None:
+    # Cutting '"usage":null' out of this line leaves '"usage"' behind; the
+    # line has no usage key of its own and is not a candidate.
+    assert usage_mod._marked_lines(b'data: {"us"usage":nullage"}') == []
+
+
+def test_a_fast_streams_one_read_decodes_only_its_usage_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    decoded: list[bytes] = []
+    real = usage_mod._data_of
+
+    def counting(line: bytes) -> object:
+        decoded.append(line)
+        return real(line)
+
+    monkeypatch.setattr(usage_mod, "_data_of", counting)
+    chunk = b'data: {"choices":[{"delta":{"content":"x"}}],"usage":null}\n\n'
+    last = b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":1000}}'
+    s = StreamUsage()
+    s.feed(chunk * 1000 + last + b"\n\ndata: [DONE]\n\n")
+    r = s.result()
+    assert (r.input_tokens, r.output_tokens) == (7, 1000)
+    assert decoded == [last]
 
 
 def test_feed_keeps_only_a_partial_line() -> None:
