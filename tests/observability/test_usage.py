@@ -406,9 +406,8 @@ def test_non_200_undecodable_body() -> None:
 # ------------------------------------------------- streaming costs ---
 
 
-def test_feed_only_decodes_lines_that_can_carry_usage(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def decoded_lines(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The SSE lines StreamUsage hands to the JSON decoder, as it does."""
     decoded: list[bytes] = []
     real = usage_mod._data_of
 
@@ -417,6 +416,13 @@ def test_feed_only_decodes_lines_that_can_carry_usage(
         return real(line)
 
     monkeypatch.setattr(usage_mod, "_data_of", counting)
+    return decoded
+
+
+def test_feed_only_decodes_lines_that_can_carry_usage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    decoded = decoded_lines(monkeypatch)
     s = StreamUsage()
     for line in body("openai_chat_stream_usage.sse").splitlines(keepends=True):
         s.feed(line)
@@ -471,14 +477,7 @@ def test_a_null_usage_never_makes_a_marker() -> None:
 def test_a_fast_streams_one_read_decodes_only_its_usage_event(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    decoded: list[bytes] = []
-    real = usage_mod._data_of
-
-    def counting(line: bytes) -> object:
-        decoded.append(line)
-        return real(line)
-
-    monkeypatch.setattr(usage_mod, "_data_of", counting)
+    decoded = decoded_lines(monkeypatch)
     chunk = b'data: {"choices":[{"delta":{"content":"x"}}],"usage":null}\n\n'
     last = b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":1000}}'
     s = StreamUsage()
