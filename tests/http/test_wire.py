@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
+from hypothesis import example, given, strategies as st
 
 from controller.http import wire
 
@@ -140,6 +141,78 @@ async def test_chunked_bodies_split_anywhere_decode(serve: Start, split: int) ->
     await fetch(client, srv.port)
     assert srv.connections == 1  # complete: reused
     client.close()
+
+
+def framed(body: bytes, sizes: list[int], upper: bool, ext: bool) -> bytes:
+    """``body`` as chunks of ``sizes`` (cycled), hex sizes in either case,
+    each size line with an extension when ``ext``."""
+    out, pos, i = [], 0, 0
+    while pos < len(body):
+        n = min(sizes[i % len(sizes)], len(body) - pos)
+        size = format(n, "X" if upper else "x").encode()
+        out.append(size + (b";e=1" if ext and i % 2 else b"") + b"\r\n")
+        out.append(body[pos : pos + n] + b"\r\n")
+        pos, i = pos + n, i + 1
+    return b"".join(out)
+
+
+@given(
+    body=st.binary(max_size=400),
+    sizes=st.lists(st.integers(1, 64), min_size=1, max_size=5),
+    upper=st.booleans(),
+    ext=st.booleans(),
+    trailer=st.booleans(),
+    after=st.binary(max_size=8),
+    feeds=st.lists(st.integers(1, 600), min_size=1, max_size=6),
+)
+@example(  # all of it in one read: the whole-chunk loop takes every chunk
+    body=bytes(range(200)),
+    sizes=[50, 7],
+    upper=True,
+    ext=False,
+    trailer=False,
+    after=b"",
+    feeds=[600],
+)
+def test_chunked_decoding_takes_any_framing_fed_in_any_pieces(
+    body: bytes,
+    sizes: list[int],
+    upper: bool,
+    ext: bool,
+    trailer: bool,
+    after: bytes,
+    feeds: list[int],
+) -> None:
+    end = b"0\r\n" + (b"X-Trailer: t\r\n" if trailer else b"") + b"\r\n"
+    raw = framed(body, sizes, upper, ext) + end + after
+    decoder, got, rest, pos, i = wire._Chunks(), [], b"", 0, 0
+    while pos < len(raw) and not decoder.done:
+        piece = raw[pos : pos + feeds[i % len(feeds)]]
+        pos, i = pos + len(piece), i + 1
+        pieces, rest = decoder.feed(piece)
+        got += pieces
+    assert decoder.done
+    assert b"".join(got) == body
+    assert rest + raw[pos:] == after
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"3\r\nabcX\r\n",  # no CRLF after the data
+        b"-3\r\nabc\r\n",  # a sign (int() takes it: a negative size hung the loop)
+        b"0x3\r\nabc\r\n",  # a prefix int() takes
+        b"1_0\r\n",  # an underscore int() takes
+        b"g\r\n",  # not hex
+        b"\r\n",  # no size
+    ],
+)
+def test_a_malformed_chunk_is_refused_however_it_arrives(raw: bytes) -> None:
+    for split in (1, len(raw)):
+        decoder = wire._Chunks()
+        with pytest.raises(aiohttp.ClientPayloadError):
+            for i in range(0, len(raw), split):
+                decoder.feed(raw[i : i + split])
 
 
 async def test_a_body_without_length_ends_with_the_connection(serve: Start) -> None:
