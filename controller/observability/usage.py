@@ -559,8 +559,7 @@ class StreamUsage:
             self._skipping = False
         self._partial = b""
         self._hold(data[cut + 1 :])
-        if _worth_parsing(complete):
-            self._lines(complete)
+        self._lines(complete)
 
     def _hold(self, data: bytes) -> None:
         if self._skipping or not data:
