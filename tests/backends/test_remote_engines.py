@@ -55,6 +55,16 @@ if TYPE_CHECKING:
 
     from tests.conftest import Swapvisor
 
+# A socket to a second engine, left unclosed somewhere in the Docker SDK's
+# client while engines come and go in this module, was once finalised by the
+# garbage collector in the middle of a later test here (1 CI run in 7, the
+# warning raised from docker's APIClient.logs). Until its origin is found,
+# only that warning, only in this module, is not an error.
+pytestmark = pytest.mark.filterwarnings(
+    r"ignore:Exception ignored in. <socket\.socket"
+    r":pytest.PytestUnraisableExceptionWarning"
+)
+
 # What swapvisor waits for an engine's ping (backends.container.PING_TIMEOUT_S)
 # plus room for a loaded 2-core machine.
 PROMPT_503_S = 8.0
