@@ -62,6 +62,13 @@ async def test_native_ignoring_sigterm_is_killed_after_grace() -> None:
     await backend.aclose()
 
 
+def logged_pid(lines: list[bytes], what: bytes) -> int:
+    """The pid in the fake's ``<what> pid N`` log line."""
+    found = re.search(rb"%s pid (\d+)" % what, b"".join(lines))
+    assert found is not None, f"no {what!r} pid logged"
+    return int(found.group(1))
+
+
 async def test_native_stop_kills_the_whole_process_group() -> None:
     backend = NativeBackend()
     spec = spec_for(free_port(), "--spawn-child")
@@ -74,7 +81,7 @@ async def test_native_stop_kills_the_whole_process_group() -> None:
 
     reader = asyncio.create_task(read())
     await wait_until(lambda: any(b"child pid" in ln for ln in lines))
-    child = int(re.search(rb"child pid (\d+)", b"".join(lines)).group(1))  # type: ignore[union-attr]
+    child = logged_pid(lines, b"child")
     assert alive(child)
     await backend.stop(handle, spec, grace=5)
     await wait_until(lambda: not alive(child), timeout=5)
@@ -97,7 +104,7 @@ async def test_native_stop_ends_a_daemon_that_left_the_group_and_the_tree() -> N
                 return
 
     await asyncio.wait_for(read(), 10)
-    daemon = int(re.search(rb"daemon pid (\d+)", b"".join(out)).group(1))  # type: ignore[union-attr]
+    daemon = logged_pid(out, b"daemon")
     assert alive(daemon)
     assert os.getpgid(daemon) != int(handle.ref)  # out of the group
     await backend.stop(handle, spec, grace=5)
@@ -112,7 +119,7 @@ async def test_native_stop_after_a_crash_ends_the_daemon_it_left() -> None:
     out: list[bytes] = []
     async for line in backend.logs(handle):  # to the end: it exits
         out.append(line)  # noqa: PERF401 - read while it grows
-    daemon = int(re.search(rb"daemon pid (\d+)", b"".join(out)).group(1))  # type: ignore[union-attr]
+    daemon = logged_pid(out, b"daemon")
     assert alive(daemon)  # the server is gone, its daemon is not
     await backend.stop(handle, spec, grace=5)
     await wait_until(lambda: not alive(daemon), timeout=5)
