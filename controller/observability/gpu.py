@@ -21,6 +21,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from backends.memory import load_nvml
+
 log = logging.getLogger("swapvisor.gpu")
 
 # nvmlDeviceGetArchitecture values (pynvml NVML_DEVICE_ARCH_*).
@@ -114,12 +116,10 @@ class NvmlProbe:
         ``nvml`` defaults to the real ``pynvml`` module.
         """
         if nvml is None:
-            try:
-                import pynvml
-            except ImportError:
-                log.debug("GPU metrics off: nvidia-ml-py is not installed")
+            nvml, why = load_nvml()
+            if nvml is None:
+                log.debug("GPU metrics off: %s", why)
                 return None
-            nvml = pynvml
         try:
             nvml.nvmlInit()
         except nvml.NVMLError as e:

@@ -5,14 +5,26 @@ cgroup v2, a device without process information, NVML missing)."""
 
 from __future__ import annotations
 
+import ctypes
+import json
 import logging
 import os
+import subprocess
 import sys
 from typing import TYPE_CHECKING
 
+import backends.memory
 from backends.containers import top_pids
-from backends.memory import DeviceMemory, HostMemory, SystemMemory, read_meminfo
+from backends.memory import (
+    NVML_LIBRARY,
+    DeviceMemory,
+    HostMemory,
+    SystemMemory,
+    load_nvml,
+    read_meminfo,
+)
 from backends.procfs import container_memory, marked, process_tree, tree_memory
+from tests.conftest import PY, ROOT
 from tests.fakes.fake_nvml import GIB, FakeNvml
 
 if TYPE_CHECKING:
@@ -153,11 +165,49 @@ def test_the_real_nvml_opens_with_or_without_a_driver() -> None:
 def test_without_nvidia_ml_py_there_are_no_devices(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # A driver library that loads (libc stands in), but no package.
+    monkeypatch.setattr(backends.memory, "NVML_LIBRARY", "libc.so.6")
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import raises ImportError
+    assert load_nvml() == (None, "nvidia-ml-py is not installed")
     probe = SystemMemory.open()
     assert not probe.has_nvml
     assert probe.devices() == [] and probe.processes() == {}
     probe.close()
+
+
+# Both probes opened the real way in a fresh interpreter, and what that imported.
+OPEN_BOTH = """
+import json, sys
+from backends.memory import SystemMemory, load_nvml
+from controller.observability.gpu import NvmlProbe
+memory, gpu = SystemMemory.open(), NvmlProbe.open()
+print(json.dumps({
+    "has_nvml": memory.has_nvml,
+    "gpu_probe": gpu is not None,
+    "imported": "pynvml" in sys.modules,
+    "why": load_nvml()[1],
+}))
+"""
+
+
+def test_pynvml_is_imported_only_where_the_driver_library_loads() -> None:
+    """Without NVIDIA's driver (CI, a CPU-only box) both probes find that out
+    without importing pynvml, which cost ~2 MiB of idle RSS (bench/)."""
+    try:
+        ctypes.CDLL(NVML_LIBRARY)
+        driver = True
+    except OSError:
+        driver = False
+    out = subprocess.run(
+        [PY, "-c", OPEN_BOTH], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    got = json.loads(out.stdout)
+    assert got["imported"] == driver
+    if not driver:
+        assert not got["has_nvml"] and not got["gpu_probe"]
+        assert (
+            got["why"].startswith("NVML unavailable (") and NVML_LIBRARY in got["why"]
+        )
 
 
 # -- /proc: process trees and their memory ---------------------------------------------
