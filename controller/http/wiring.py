@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from typing import TYPE_CHECKING
 
 from controller.engine.states import UpstreamState
@@ -24,7 +23,7 @@ from controller.http.keys import (
     RUNTIME,
 )
 from controller.http.model_list import model_status
-from controller.observability.activity import ActivityStore
+from controller.observability.activity import ActivityStore, StoreError
 from controller.observability.captures import MB, CaptureBuffer
 from controller.observability.events import EventBus, frame
 from controller.observability.gpu import GpuHolder, NvmlProbe
@@ -222,7 +221,7 @@ class Reapply:
         obs, path = self._app[OBSERVER], config.store.path
         try:
             obs.store.reopen(path)
-        except (sqlite3.Error, OSError) as exc:
+        except StoreError as exc:
             log.error(
                 "store.path: cannot open %s (%s); activity stays in %s",
                 path or "memory",

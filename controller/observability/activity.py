@@ -25,7 +25,6 @@ import functools
 import json
 import math
 import re
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from controller.errors import BadRequest
 
 if TYPE_CHECKING:
+    import sqlite3
     from collections.abc import Callable, Mapping, Sequence
 
     from controller.observability.usage import UsageResult
@@ -444,6 +444,10 @@ def histogram(values: Sequence[float]) -> dict[str, Any] | None:
 PRUNE_EVERY = 32
 
 
+class StoreError(Exception):
+    """A database the store was asked to open cannot be opened."""
+
+
 class ActivityStore:
     """SQLite-backed activity rows. ``path=None`` keeps them in memory.
 
@@ -451,9 +455,11 @@ class ActivityStore:
     something reads the store (the UI, the API), which is rare next to
     requests: most rows of a busy server are pruned before anyone reads them,
     and never cost an INSERT (a fifth of a proxied request's CPU, bench/).
-    The store numbers them itself, so ids are known at once. A file-backed
-    store writes each batch as it comes (SQLite numbers those rows: another
-    process may share the file)."""
+    The store numbers them itself, so ids are known at once, and its SQLite
+    database is only made at that first read (importing ``sqlite3`` and its
+    library cost ~2 MiB of idle RSS, bench/). A file-backed store opens its
+    file at once and writes each batch as it comes (SQLite numbers those
+    rows: another process may share the file)."""
 
     def __init__(
         self,
@@ -467,9 +473,9 @@ class ActivityStore:
             else DEFAULT_MAX_IN_MEMORY
         )
         self._lock = threading.Lock()
-        self._db = _open(path)
+        self._db: sqlite3.Connection | None = _open(path) if path else None
         self._pending: list[tuple[object, ...]] = []  # in memory: not written yet
-        self._last_id = _last_id(self._db)
+        self._last_id = _last_id(self._db) if self._db is not None else 0
 
     @property
     def in_memory(self) -> bool:
@@ -488,22 +494,34 @@ class ActivityStore:
     def reopen(self, path: str | None) -> None:
         """Move to the database at ``path`` (None: a new in-memory one) on a
         config reload, as llama-swap does when ``store.path`` changes. Rows are
-        not copied. The new one is opened first, so if that raises
-        (``sqlite3.Error``, ``OSError``) this store is left as it was."""
-        db = _open(path)
+        not copied. The new one is opened first, so if that fails
+        (``StoreError``) this store is left as it was."""
+        db = _open_file(path) if path else None
         with self._lock:
             old, self._db, self.path = self._db, db, path
             self._pending = []  # the old database's rows, not copied either
             # Ids keep growing (a file-backed database numbers its own rows).
-            self._last_id = max(self._last_id, _last_id(db))
-            old.close()
+            if db is not None:
+                self._last_id = max(self._last_id, _last_id(db))
+            if old is not None:
+                old.close()
 
     def close(self) -> None:
         with self._lock:
+            if self._db is None:  # in memory and never read: nothing to keep
+                self._pending = []
+                return
             try:
                 self._catch_up()
             finally:
                 self._db.close()
+
+    def _conn(self) -> sqlite3.Connection:
+        """The database, an in-memory one made now if this is its first use.
+        Under the lock."""
+        if self._db is None:
+            self._db = _open(None)
+        return self._db
 
     def add(self, entry: ActivityEntry) -> int:
         """Insert ``entry``, set and return its id; prune when in memory."""
@@ -549,28 +567,29 @@ class ActivityStore:
     def _write(self, sql: str, rows: list[tuple[object, ...]]) -> tuple[int, int]:
         """Insert ``rows`` in one transaction (pruning when in memory); the
         first and last id. Under the lock."""
-        self._db.execute("BEGIN")
+        db = self._conn()
+        db.execute("BEGIN")
         try:
-            self._db.executemany(sql, rows)
+            db.executemany(sql, rows)
             # The transaction holds SQLite's write lock from the first
             # insert to the commit, so the batch's ids are consecutive.
-            (last,) = self._db.execute("SELECT last_insert_rowid()").fetchone()
+            (last,) = db.execute("SELECT last_insert_rowid()").fetchone()
             first = int(last) - len(rows) + 1
             # Pruning in batches: a DELETE per insert was a measurable share
             # of the per-request cost; a few extra rows in memory are harmless.
             if self.in_memory and (first - 1) // PRUNE_EVERY != last // PRUNE_EVERY:
                 self._prune()
         except BaseException:
-            self._db.execute("ROLLBACK")
+            db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
+        db.execute("COMMIT")
         self._last_id = max(self._last_id, int(last))
         return first, int(last)
 
     def _prune(self) -> None:
         """Ids are never reused, so the newest ``max_rows`` rows are exactly
         those with id > MAX(id) - max_rows."""
-        self._db.execute(
+        self._conn().execute(
             "DELETE FROM activity WHERE id <= (SELECT MAX(id) FROM activity) - ?",
             (self.max_rows,),
         )
@@ -588,14 +607,10 @@ class ActivityStore:
         sql = f"SELECT {_COLUMNS} FROM activity{where}{_order_by(q)} LIMIT ? OFFSET ?"
         with self._lock:
             self._catch_up()
-            total = int(
-                self._db.execute(
-                    f"SELECT COUNT(*) FROM activity{where}", args
-                ).fetchone()[0]
-            )
-            rows = self._db.execute(
-                sql, [*args, q.limit, (q.page - 1) * q.limit]
-            ).fetchall()
+            db = self._conn()
+            count = f"SELECT COUNT(*) FROM activity{where}"
+            total = int(db.execute(count, args).fetchone()[0])
+            rows = db.execute(sql, [*args, q.limit, (q.page - 1) * q.limit]).fetchall()
         entries = [_entry_of(r) for r in rows]
         for e in entries:
             e.has_capture = bool(has_capture and has_capture(e.id))
@@ -614,8 +629,9 @@ class ActivityStore:
         speeds = " AND " if where else " WHERE "
         with self._lock:
             self._catch_up()
-            totals = self._db.execute(_TOTALS_SQL + where, args).fetchone()
-            rows = self._db.execute(
+            db = self._conn()
+            totals = db.execute(_TOTALS_SQL + where, args).fetchone()
+            rows = db.execute(
                 "SELECT prompt_per_second, tokens_per_second FROM activity"
                 f"{where}{speeds}(prompt_per_second > 0 OR tokens_per_second > 0)",
                 args,
@@ -633,9 +649,8 @@ class ActivityStore:
         """One row by id (for SSE consumers and tests)."""
         with self._lock:
             self._catch_up()
-            row = self._db.execute(
-                f"SELECT {_COLUMNS} FROM activity WHERE id = ?", (entry_id,)
-            ).fetchone()
+            sql = f"SELECT {_COLUMNS} FROM activity WHERE id = ?"
+            row = self._conn().execute(sql, (entry_id,)).fetchone()
         return _entry_of(row) if row else None
 
 
@@ -678,7 +693,19 @@ def _last_id(db: sqlite3.Connection) -> int:
     return max(int(used), int(row[0]) if row else 0)
 
 
+def _open_file(path: str) -> sqlite3.Connection:
+    """``_open`` for a reload: its failures as ``StoreError``."""
+    import sqlite3
+
+    try:
+        return _open(path)
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreError(str(exc)) from exc
+
+
 def _open(path: str | None) -> sqlite3.Connection:
+    import sqlite3  # here, not at import: see ActivityStore
+
     db = sqlite3.connect(
         path or ":memory:", check_same_thread=False, isolation_level=None
     )

@@ -384,6 +384,40 @@ def test_in_memory_store_prunes_to_max_rows_in_batches() -> None:
     s.close()
 
 
+def has_database(s: ActivityStore) -> bool:
+    return s._db is not None
+
+
+def test_in_memory_store_makes_its_database_at_the_first_read() -> None:
+    """Rows wait in a list; SQLite (and its ~2 MiB) comes with the first
+    read, which sees every row with the ids the writes were given."""
+    s = ActivityStore()
+    given = s.add_many([entry(), entry(model="n")])
+    assert not has_database(s)
+    assert s.get(given[1]) is not None
+    assert has_database(s)
+    assert ids(s.query({})) == list(reversed(given))
+    assert s.stats()["total_requests"] == 2
+    s.close()
+
+
+def test_in_memory_store_never_read_closes_without_a_database() -> None:
+    s = ActivityStore()
+    s.add(entry())
+    s.close()
+    assert not has_database(s)
+
+
+def test_a_reopen_to_memory_keeps_ids_growing(tmp_path: Path) -> None:
+    s = ActivityStore(str(tmp_path / "a.db"))
+    first = s.add(entry())
+    s.reopen(None)
+    assert not has_database(s)
+    assert s.add(entry()) == first + 1
+    assert ids(s.query({})) == [first + 1]  # rows are not copied across
+    s.close()
+
+
 @pytest.mark.parametrize("configured", [0, -5])
 def test_non_positive_max_rows_means_1000(configured: int) -> None:
     s = ActivityStore(metrics_max_in_memory=configured)
@@ -423,7 +457,7 @@ def test_file_store_uses_wal_and_schema(tmp_path: Path) -> None:
 
 def test_busy_timeout_is_set(tmp_path: Path) -> None:
     s = ActivityStore(str(tmp_path / "b.db"))
-    assert s._db.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+    assert s._conn().execute("PRAGMA busy_timeout").fetchone()[0] == 5000
     s.close()
 
 

@@ -172,9 +172,8 @@ def test_activity_store_fresh_file_is_what_llama_swap_migrations_make(
 def test_activity_store_in_memory_has_the_same_schema(llama_swap_db: Path) -> None:
     s = ActivityStore()
     try:
-        got = s._db.execute(
-            "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
-        ).fetchall()
+        sql = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
+        got = s._conn().execute(sql).fetchall()
     finally:
         s.close()
     assert got == schema(llama_swap_db)
