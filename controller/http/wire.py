@@ -202,18 +202,30 @@ class _Head:
             name, sep, value = line.partition(":")
             if sep:
                 self.headers.add(name.strip(), value.strip())
-        connection = self.headers.get("Connection", "").lower()
-        self.keep_alive = version == "HTTP/1.1" and "close" not in connection
-        encoding = self.headers.get("Transfer-Encoding", "").lower()
-        self.chunked = "chunked" in encoding
+        self.keep_alive = version == "HTTP/1.1" and "close" not in _tokens(
+            self.headers.getall("Connection", ())
+        )
+        # RFC 9112 6.3: chunked frames the body only as the final coding;
+        # with another one last, the body runs until the connection closes.
+        # Either way a Transfer-Encoding overrides any Content-Length.
+        codings = _tokens(self.headers.getall("Transfer-Encoding", ()))
+        self.chunked = bool(codings) and codings[-1] == "chunked"
         length = self.headers.get("Content-Length")
-        self.length = int(length) if length and length.isdigit() else None
+        if length is None or not length.isdigit() or codings:
+            self.length: int | None = None
+        else:
+            self.length = int(length)
         if head_request or self.status in _BODYLESS or self.status < 200:
             self.chunked, self.length = False, 0
 
     @property
     def informational(self) -> bool:
         return 100 <= self.status < 200
+
+
+def _tokens(fields: Iterable[str]) -> list[str]:
+    """The comma-separated tokens of every field of one header, lowercase."""
+    return [t.strip().lower() for f in fields for t in f.split(",") if t.strip()]
 
 
 class _Conn(asyncio.Protocol):

@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from unittest import mock
 
 import aiohttp
 import pytest
+from aiohttp.http import HttpResponseParser, RawResponseMessage
+from aiohttp.http_exceptions import HttpProcessingError
 from hypothesis import example, given, strategies as st
 
 from controller.http import wire
@@ -213,6 +216,118 @@ def test_a_malformed_chunk_is_refused_however_it_arrives(raw: bytes) -> None:
         with pytest.raises(aiohttp.ClientPayloadError):
             for i in range(0, len(raw), split):
                 decoder.feed(raw[i : i + split])
+
+
+# -- the response head, held to llhttp (aiohttp's own C parser) ---------------------
+
+_TOKEN = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_!#$%&'*+.^`|~",
+    min_size=1,
+    max_size=12,
+)
+_VALUE = st.text(
+    alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=20
+)
+# The fields that frame the body or decide reuse, valid and not.
+_FRAMING = st.sampled_from(
+    [
+        ("Content-Length", "12"),
+        ("Content-Length", "007"),
+        ("Content-Length", "-3"),
+        ("Content-Length", "+5"),
+        ("Content-Length", "5, 5"),
+        ("Transfer-Encoding", "chunked"),
+        ("Transfer-Encoding", "gzip, chunked"),
+        ("Transfer-Encoding", "chunked, gzip"),
+        ("Transfer-Encoding", "gzip"),
+        ("Transfer-Encoding", "identity"),
+        ("Connection", "close"),
+        ("Connection", "keep-alive"),
+        ("Connection", "Keep-Alive, Close"),
+    ]
+)
+
+
+def _llhttp(raw: bytes) -> RawResponseMessage | None:
+    """What aiohttp's C parser makes of a head; None where it refuses it."""
+    loop = asyncio.new_event_loop()
+    try:
+        # The protocol only sees the body's flow control: a stand-in will do.
+        protocol = mock.Mock()
+        parser = HttpResponseParser(
+            protocol, loop, 2**16, max_line_size=8190, max_field_size=8190
+        )
+        messages, _, _ = parser.feed_data(raw + b"\r\n\r\n")
+    except HttpProcessingError:
+        return None
+    finally:
+        loop.close()
+    message: RawResponseMessage = messages[0][0]
+    return message
+
+
+@given(
+    version=st.sampled_from(["HTTP/1.1", "HTTP/1.0"]),
+    code=st.integers(100, 599),
+    reason=_VALUE,
+    fields=st.lists(st.one_of(st.tuples(_TOKEN, _VALUE), _FRAMING), max_size=5),
+)
+@example(  # chunked not last: the body runs until the connection closes
+    version="HTTP/1.1",
+    code=200,
+    reason="OK",
+    fields=[("Transfer-Encoding", "chunked, gzip")],
+)
+@example(  # the last Connection field says close
+    version="HTTP/1.1",
+    code=200,
+    reason="OK",
+    fields=[
+        ("Content-Length", "1"),
+        ("Connection", "keep-alive"),
+        ("Connection", "close"),
+    ],
+)
+def test_a_response_head_is_read_as_llhttp_reads_it(
+    version: str, code: int, reason: str, fields: list[tuple[str, str]]
+) -> None:
+    """Status, reason, fields and chunked framing as llhttp has them; a
+    connection kept only where llhttp keeps it; and where llhttp refuses a
+    head, no framing that could hang or misread the body."""
+    raw = f"{version} {code} {reason}".encode() + b"".join(
+        f"\r\n{k}: {v}".encode() for k, v in fields
+    )
+    ref = _llhttp(raw)
+    try:
+        ours: wire._Head | None = wire._Head(raw, head_request=False)
+    except (aiohttp.ClientError, ValueError):
+        ours = None
+    if ref is None:
+        assert ours is None or ours.length is None or ours.length >= 0
+        return
+    assert ours is not None, raw
+    assert (ours.status, ours.reason) == (ref.code, ref.reason)
+    lower = [(k.lower(), v) for k, v in ours.headers.items()]
+    assert lower == [(k.lower(), v) for k, v in ref.headers.items()]
+    if not (code < 200 or code in (204, 304)):  # bodyless: no framing at all
+        assert ours.chunked == ref.chunked, raw
+        if ours.length is not None:
+            assert ours.length == int(ref.headers["Content-Length"])
+    reused = ours.keep_alive and (ours.chunked or ours.length is not None)
+    assert not (reused and ref.should_close), raw
+
+
+async def test_chunked_before_another_coding_reads_until_close(serve: Start) -> None:
+    """``Transfer-Encoding: chunked, gzip``: the body is not chunk-framed
+    (RFC 9112 6.3), so its bytes pass as they are and it ends with the
+    connection."""
+    body = b"5\r\nhello\r\n0\r\n\r\n"  # looks chunked, is not
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"
+    srv = await serve(Scripted([[head, body]], close=True))
+    client = wire.Client()
+    resp, got = await fetch(client, srv.port)
+    assert (resp.status, got) == (200, body)
+    client.close()
 
 
 async def test_a_body_without_length_ends_with_the_connection(serve: Start) -> None:
