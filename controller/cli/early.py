@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 DEFAULT_LISTEN = "127.0.0.1:8080"
 HEALTH = (b"GET /health ", b"HEAD /health ")
 MAX_PEEK = 8192
+PARTIAL_POLL_S = 0.01
 # As the app answers, plus a header saying the app is not serving yet.
 STARTING = "X-Swapvisor-State"
 _ANSWER = (
@@ -125,16 +126,24 @@ class EarlyListener:
         sel.register(self.sock, selectors.EVENT_READ, "accept")
         sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         waiting: list[socket.socket] = []
+        # Connections whose request is not whole yet: looked at again every
+        # PARTIAL_POLL_S, not whenever they are readable (they stay readable,
+        # so that would spin a core against the imports until more came).
+        partial: list[socket.socket] = []
         try:
             while True:
-                for key, _ in sel.select():
+                for key, _ in sel.select(PARTIAL_POLL_S if partial else None):
                     if key.data == "wake":
                         self._held.extend(waiting)
                         return
                     if key.data == "accept":
                         self._accept(sel, waiting)
                     else:
-                        self._look(sel, waiting, key.fileobj)  # type: ignore[arg-type]
+                        sel.unregister(key.fileobj)
+                        self._look(waiting, partial, key.fileobj)  # type: ignore[arg-type]
+                again, partial = partial, []
+                for conn in again:
+                    self._look(waiting, partial, conn)
         finally:
             sel.close()
 
@@ -150,11 +159,12 @@ class EarlyListener:
 
     def _look(
         self,
-        sel: selectors.BaseSelector,
         waiting: list[socket.socket],
+        partial: list[socket.socket],
         conn: socket.socket,
     ) -> None:
-        """Answer a complete ``/health`` request; leave anything else unread."""
+        """Answer a complete ``/health`` request; leave anything else unread;
+        put one that is not whole yet in ``partial``."""
         try:
             data = conn.recv(MAX_PEEK, socket.MSG_PEEK)
         except OSError:
@@ -163,8 +173,8 @@ class EarlyListener:
         maybe = any(h.startswith(data) for h in HEALTH)  # too short to tell yet
         end = data.find(b"\r\n\r\n")
         if data and (maybe or (health and end < 0 and len(data) < MAX_PEEK)):
-            return  # more is coming
-        sel.unregister(conn)
+            partial.append(conn)  # more is coming
+            return
         waiting.remove(conn)
         if not data:  # the client went away
             conn.close()

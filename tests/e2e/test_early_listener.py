@@ -5,10 +5,12 @@ of being refused."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -18,7 +20,6 @@ from tests.conftest import PY, ROOT, fake_cmd, free_port, wait_until_sync
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
-    from pathlib import Path
 
 
 def exchange(port: int, request: bytes) -> bytes:
@@ -76,6 +77,43 @@ def test_health_is_answered_and_everything_else_left_unread(
     held[0].close()
     client.close()
     assert sock is listener.sock
+
+
+def thread_cpu_s(tid: int) -> float:
+    stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_request_that_is_not_whole_does_not_keep_a_core_busy(
+    early: Callable[..., EarlyListener],
+) -> None:
+    """A connection stays readable while its request is incomplete; the
+    thread looks at it again every few ms instead of spinning on it (which
+    took CPU from the imports it runs beside), and still answers once the
+    rest arrives, and hands a held one over."""
+    port = free_port()
+    listener = early("--config", "c.yaml", "--listen", f"127.0.0.1:{port}")
+    tid = listener._thread.native_id
+    assert tid is not None
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as health,
+        socket.create_connection(("127.0.0.1", port), timeout=10) as prefix,
+    ):
+        health.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # no end yet
+        prefix.sendall(b"GET /he")  # not even known to be /health yet
+        before = thread_cpu_s(tid)
+        time.sleep(0.5)  # the window measured, not a wait for an event
+        busy = thread_cpu_s(tid) - before
+        assert busy < 0.1, f"the early thread ran {busy:.2f} s of 0.5 s"
+        health.sendall(b"\r\n")
+        assert health.recv(1024).startswith(b"HTTP/1.1 200 OK")
+        prefix.sendall(b"x HTTP/1.1\r\n\r\n")  # /hex: not /health
+        wait_until_sync(lambda: bool(listener._held))
+        _, held = listener.handover()
+        assert len(held) == 1
+        assert held[0].recv(1024) == b"GET /hex HTTP/1.1\r\n\r\n"
+        held[0].close()
 
 
 @pytest.mark.parametrize(
