@@ -31,7 +31,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,36 +39,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+# Run as a script, bench/ is on the path: the other benchmark's helpers.
+from proxy_overhead import free_port, wait_http_ok
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 HOST = "127.0.0.1"
 PROMPT = "Write a long story about a lighthouse keeper and the sea."
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ok(
-    port: int, path: str, proc: subprocess.Popen[bytes], timeout: float
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(
-                f"process exited ({proc.returncode}) before {path} answered"
-            )
-        try:
-            conn = http.client.HTTPConnection(HOST, port, timeout=2)
-            conn.request("GET", path)
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"{path} on port {port} did not answer within {timeout} s")
 
 
 def stream(port: int, tokens: int) -> dict[str, float]:
@@ -169,7 +145,7 @@ def measure(
     with (work / "swapvisor.log").open("wb") as log:
         sv = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=log)
     try:
-        wait_ok(port, "/health", sv, 30)
+        wait_http_ok(port, sv, timeout=30, poll_s=0.1)
         stream(port, 4)  # loads the model (the placeholder) and warms both paths
         stream(model_port, 4)
         return [
@@ -224,7 +200,7 @@ def main() -> int:
         with (work / "model.log").open("wb") as log:
             model = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=log)
         try:
-            wait_ok(model_port, "/health", model, 60)
+            wait_http_ok(model_port, model, timeout=60, poll_s=0.1)
             results["rounds"] = measure(model_port, work, args)
         finally:
             model.send_signal(signal.SIGTERM)
