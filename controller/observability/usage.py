@@ -174,6 +174,8 @@ def _get(obj: Any, path: tuple[str, ...]) -> Any:
 
 def _as_int(value: Any) -> int:
     """gjson's ``Int()``: numbers truncate, numeric strings parse, true is 1."""
+    if type(value) is int:  # nearly always, for every response: first and exact
+        return value
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int):
@@ -190,6 +192,8 @@ def _as_int(value: Any) -> int:
 
 def _as_float(value: Any) -> float:
     """gjson's ``Float()``: numbers as is, numeric strings parse, true is 1."""
+    if type(value) is float:
+        return value
     if isinstance(value, bool):
         return float(value)
     if isinstance(value, int | float):
@@ -331,11 +335,7 @@ def _build(
 
 def _timing_fields(t: Any) -> dict[str, Any]:
     """llama.cpp's ``timings`` as UsageResult fields (they override usage)."""
-    table: dict[str, Any] = t if isinstance(t, dict) else {}
-
-    def num(key: str) -> Any:
-        return table.get(key, _MISSING)
-
+    num = (t if isinstance(t, dict) else {}).get  # a missing key reads as None: 0
     changes: dict[str, Any] = {
         "input_tokens": _as_int(num("prompt_n")),
         "output_tokens": _as_int(num("predicted_n")),
@@ -343,11 +343,12 @@ def _timing_fields(t: Any) -> dict[str, Any]:
         "tokens_per_second": _as_float(num("predicted_per_second")),
         "timings_ms": int(_as_float(num("prompt_ms")) + _as_float(num("predicted_ms"))),
     }
-    if num("cache_n") is not _MISSING:
-        changes["cache_tokens"] = _as_int(num("cache_n"))
-    if num("draft_n") is not _MISSING and num("draft_n_accepted") is not _MISSING:
-        changes["draft_tokens"] = _as_int(num("draft_n"))
-        changes["draft_acc_tokens"] = _as_int(num("draft_n_accepted"))
+    if (cached := num("cache_n", _MISSING)) is not _MISSING:
+        changes["cache_tokens"] = _as_int(cached)
+    drafted, accepted = num("draft_n", _MISSING), num("draft_n_accepted", _MISSING)
+    if drafted is not _MISSING and accepted is not _MISSING:
+        changes["draft_tokens"] = _as_int(drafted)
+        changes["draft_acc_tokens"] = _as_int(accepted)
     return changes
 
 

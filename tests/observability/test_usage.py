@@ -543,3 +543,26 @@ def test_filter_accept_encoding() -> None:
     assert filter_accept_encoding("br;q=1.0, GZIP;q=0.5") == "GZIP;q=0.5"
     assert filter_accept_encoding("br") == ""
     assert filter_accept_encoding("") == ""
+
+
+_JSON_NUMBERS = st.integers(-(10**18), 10**18) | st.floats(
+    allow_nan=False, allow_infinity=False, min_value=-1e15, max_value=1e15
+)
+
+
+@given(_JSON_NUMBERS, st.sampled_from(["", " ", "\t"]))
+def test_numbers_read_as_gjson_reads_them(value: float, pad: str) -> None:
+    # gjson's Int() truncates and Float() keeps a number; a numeric string
+    # (padded or not) reads the same as the number it spells.
+    assert usage_mod._as_int(value) == int(value)
+    assert usage_mod._as_float(value) == float(value)
+    assert usage_mod._as_int(f"{pad}{value!r}{pad}") == int(value)
+    assert usage_mod._as_float(f"{pad}{value!r}{pad}") == float(value)
+
+
+@given(st.none() | st.lists(st.integers()) | st.dictionaries(st.text(), st.integers()))
+def test_non_numbers_read_as_zero_and_true_as_one(value: object) -> None:
+    assert usage_mod._as_int(value) == 0
+    assert usage_mod._as_float(value) == 0.0
+    assert (usage_mod._as_int(True), usage_mod._as_int(False)) == (1, 0)
+    assert (usage_mod._as_float(True), usage_mod._as_float(False)) == (1.0, 0.0)
