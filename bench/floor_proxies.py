@@ -209,6 +209,9 @@ def unobserved(argv: list[str]) -> int:
     def observed(*_: object, **__: object) -> Iterator[None]:
         yield None
 
+    # A renamed hook would leave this variant observing, silently.
+    if not callable(getattr(inference, "observed", None)):
+        raise SystemExit("controller.http.inference.observed is gone: update bench")
     inference.observed = observed
     return main(argv)
 
