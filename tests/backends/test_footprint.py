@@ -342,7 +342,10 @@ async def test_container_footprint_gives_host_pids_and_cgroup_memory(
         await post(spec.base_url)
         grown = await backend.footprint(handle)
         assert grown.host_bytes is not None
-        assert grown.host_bytes >= fp.host_bytes + 100 * MIB
+        # The 100 MiB the server grew by, less a little: the cgroup's other
+        # charges (page cache, kernel memory) may shrink meanwhile (a CI run
+        # saw +100 MiB - 8 KiB).
+        assert grown.host_bytes >= fp.host_bytes + 100 * MIB - 2 * MIB
     finally:
         await backend.stop(handle, spec, grace=5)
     assert await backend.footprint(handle) == Footprint()
