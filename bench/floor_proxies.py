@@ -9,7 +9,8 @@ costs before swapvisor's own code runs.
 * ``front``: what a server front of swapvisor's own would cost before any of
   swapvisor's logic: an ``asyncio.Protocol`` whose requests aiohttp's C
   parser (llhttp) reads, a task per request, swapvisor's pooled lean upstream
-  client, the response head written by hand.
+  client, the response head written by hand. A request body must arrive
+  with its head (the benchmark's small POSTs do): a measuring prototype.
 * ``aiohttp``: aiohttp's ``web.Application`` and swapvisor's lean upstream
   client (``controller.http.wire``), the hop-by-hop headers dropped and
   nothing else: the stack swapvisor's data path is built on.

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {i + 1}/{args.rounds} done", file=sys.stderr)
     finally:
         procs.close()
+    shutil.rmtree(procs.workdir, ignore_errors=True)  # logs kept only on failure
     res = summary(rounds)
     report(res)
     args.output.parent.mkdir(parents=True, exist_ok=True)
