@@ -371,8 +371,8 @@ def test_an_engine_going_away_spares_the_others_and_comes_back(
             assert say(c, "remote") == "hi remote"
             assert say(c, "local") == "hi local"
         assert sv.stop(signal.SIGTERM) == 0, sv.output()
-        assert primary.owned(instance) == []
-        assert second.client.owned(instance) == []
+        assert primary.owned(instance) == [], sv.output()
+        assert second.client.owned(instance) == [], sv.output()
     finally:
         primary.remove_owned(instance)
         if second.running():
